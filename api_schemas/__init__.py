@@ -1,0 +1,63 @@
+"""Pydantic models shared by the nnkgeo service, its workers and its clients.
+
+This package imports nothing but pydantic and the standard library, so that a
+client can depend on it without pulling in FastAPI, Celery, torch or numpy.
+"""
+
+from api_schemas.datasets import ArrayInfo, DatasetOut, DatasetRef
+from api_schemas.jobs import (
+    EmbeddingSetSpec,
+    JobCreate,
+    JobLinks,
+    JobList,
+    JobOut,
+    JobProgress,
+    JobStatus,
+)
+from api_schemas.params import AnalysisParams
+from api_schemas.problems import Problem
+from api_schemas.report import (
+    REPORT_SCHEMA_VERSION,
+    ClassMetrics,
+    Comparison,
+    DegreeStats,
+    GraphStats,
+    Homogeneity,
+    IntrinsicDimension,
+    LabelSmoothness,
+    LooError,
+    QuantileStats,
+    Report,
+    SetReport,
+    Suspect,
+    Timings,
+)
+
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "AnalysisParams",
+    "ArrayInfo",
+    "ClassMetrics",
+    "Comparison",
+    "DatasetOut",
+    "DatasetRef",
+    "DegreeStats",
+    "EmbeddingSetSpec",
+    "GraphStats",
+    "Homogeneity",
+    "IntrinsicDimension",
+    "JobCreate",
+    "JobLinks",
+    "JobList",
+    "JobOut",
+    "JobProgress",
+    "JobStatus",
+    "LabelSmoothness",
+    "LooError",
+    "Problem",
+    "QuantileStats",
+    "Report",
+    "SetReport",
+    "Suspect",
+    "Timings",
+]

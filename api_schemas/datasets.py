@@ -1,0 +1,34 @@
+"""Uploaded datasets: content-addressed files holding one or more named arrays."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DatasetFormat = Literal["npy", "npz", "safetensors", "parquet"]
+
+
+class ArrayInfo(BaseModel):
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class DatasetOut(BaseModel):
+    id: str
+    sha256: str
+    format: DatasetFormat
+    size_bytes: int
+    arrays: list[ArrayInfo]
+    created_at: datetime
+
+
+class DatasetRef(BaseModel):
+    """One array of an uploaded dataset; `array` may be omitted when it holds just one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1, max_length=128)
+    array: str | None = Field(None, min_length=1, max_length=256)

@@ -1,0 +1,64 @@
+"""Analysis parameters: the knobs of DESIGN section 1 and 2, validated once here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class AnalysisParams(BaseModel):
+    """Parameters of one NNK analysis; the same for every set of a job.
+
+    Unknown fields are refused (a typo must not silently fall back to a default).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(50, ge=1, le=1024, description="Number of kNN candidates per point.")
+    kernel: Literal["cosine", "gaussian"] = Field(
+        "cosine", description="Similarity kernel; both satisfy K(x, x) = 1."
+    )
+    sigma: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Fixed gaussian bandwidth. Default: per query, the distance to its k-th "
+            "candidate divided by 3."
+        ),
+    )
+    knn: Literal["exact", "approximate"] = Field(
+        "exact", description="Exact search, or a faiss HNSW index with measured recall."
+    )
+    solver: Literal["exact", "authors"] = Field(
+        "exact",
+        description=(
+            "'exact' satisfies the KKT conditions; 'authors' is the prune-only solver of "
+            "the PyNNK code, for comparison with published numbers only."
+        ),
+    )
+    symmetrize: Literal["nnk", "max", "min", "mean"] = Field(
+        "nnk", description="Rule deriving the symmetric graph A from the directed W."
+    )
+    ignore_identical: bool = Field(
+        False, description="Drop candidates identical to the query before solving."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to run kNN and the solve; 'auto' uses a GPU if present."
+    )
+    suspects_top: int = Field(100, ge=0, le=10_000, description="Length of the suspects list.")
+    id_sample: int = Field(
+        10_000,
+        ge=100,
+        description=(
+            "Intrinsic dimension is estimated from at most this many query points "
+            "(searched against all points)."
+        ),
+    )
+    seed: int = Field(0, description="Seed for every sampled estimate (recall, ID sample).")
+
+    @model_validator(mode="after")
+    def _sigma_only_for_gaussian(self) -> AnalysisParams:
+        if self.sigma is not None and self.kernel != "gaussian":
+            raise ValueError("sigma applies only to kernel='gaussian'; remove it or set kernel")
+        return self
