@@ -1,0 +1,227 @@
+"""The label-aware metrics of DESIGN section 2, per point first, then aggregated.
+
+Every metric is computed as one value per point (is the NNK-weighted prediction
+wrong? what share of the NNK neighbours share the label?), so the same arrays give
+the set's figure and each class's figure by averaging over a mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from api_schemas import (
+    ClassMetrics,
+    DegreeStats,
+    Homogeneity,
+    LooError,
+    QuantileStats,
+    Suspect,
+)
+
+# DESIGN section 2: both interpolations count as exact below this LOO error.
+REGIME_EPSILON = 0.01
+
+
+def encode_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct labels and each point's class index into them.
+
+    Argmax ties go to the smallest class index, i.e. the smallest label in sort order.
+    """
+    classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+    return classes, codes.astype(np.int64)
+
+
+def class_scores(
+    candidate_indices: np.ndarray, weights: np.ndarray, codes: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """``scores[i, c] = sum_j weights[i, j] * [y_{S_i[j]} == c]``, shape (n_points, n_classes)."""
+    n_points = candidate_indices.shape[0]
+    flat = np.arange(n_points)[:, None] * n_classes + codes[candidate_indices]
+    totals = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=n_points * n_classes)
+    return totals.reshape(n_points, n_classes)
+
+
+@dataclass(frozen=True)
+class PointMetrics:
+    """Per-point values; every set or class figure is a mean of these over a mask."""
+
+    codes: np.ndarray
+    degree: np.ndarray
+    predicted: np.ndarray
+    wrong_nnk_weighted: np.ndarray
+    wrong_nnk_unweighted: np.ndarray
+    wrong_knn_weighted: np.ndarray
+    wrong_knn_unweighted: np.ndarray
+    soft_error: np.ndarray
+    nnk_same_share: np.ndarray
+    knn_same_share: np.ndarray
+    pure: np.ndarray
+
+
+def point_metrics(
+    candidate_indices: np.ndarray,
+    weights: np.ndarray,
+    query_kernel: np.ndarray,
+    codes: np.ndarray,
+    n_classes: int,
+    *,
+    valid: np.ndarray | None = None,
+) -> PointMetrics:
+    """Leave-one-out predictions and neighbourhood purity of every point.
+
+    Parameters
+    ----------
+    candidate_indices : ndarray of shape (n_points, k)
+        Candidates S_i; i itself is never among them, so predictions are leave-one-out.
+    weights : ndarray of shape (n_points, k)
+        NNK weights theta_i (zero off the NNK neighbours).
+    query_kernel : ndarray of shape (n_points, k)
+        K(x_i, x_j) for each candidate: the weights of ``knn_weighted``.
+    codes : ndarray of shape (n_points,)
+        Class index of each point (:func:`encode_labels`).
+    n_classes : int
+    valid : bool ndarray of shape (n_points, k), optional
+        Candidates that count (``ignore_identical`` removes some); default all.
+    """
+    valid = np.ones(candidate_indices.shape, dtype=bool) if valid is None else valid
+    neighbour = weights > 0
+    degree = neighbour.sum(axis=1)
+    same = codes[candidate_indices] == codes[:, None]
+
+    def predict(candidate_weights: np.ndarray) -> np.ndarray:
+        return class_scores(candidate_indices, candidate_weights, codes, n_classes).argmax(axis=1)
+
+    nnk_scores = class_scores(candidate_indices, weights, codes, n_classes)
+    predicted = nnk_scores.argmax(axis=1)
+    total = nnk_scores.sum(axis=1)
+    own_share = np.divide(
+        nnk_scores[np.arange(codes.size), codes], total, out=np.zeros(codes.size), where=total > 0
+    )
+    n_valid = valid.sum(axis=1)
+    nnk_same = (same & neighbour).sum(axis=1)
+    return PointMetrics(
+        codes=codes,
+        degree=degree,
+        predicted=predicted,
+        wrong_nnk_weighted=predicted != codes,
+        wrong_nnk_unweighted=predict(neighbour.astype(np.float64)) != codes,
+        wrong_knn_weighted=predict(np.where(valid, query_kernel, 0.0)) != codes,
+        wrong_knn_unweighted=predict(valid.astype(np.float64)) != codes,
+        soft_error=1.0 - own_share,
+        nnk_same_share=np.divide(nnk_same, degree, out=np.zeros(codes.size), where=degree > 0),
+        knn_same_share=np.divide(
+            (same & valid).sum(axis=1), n_valid, out=np.zeros(codes.size), where=n_valid > 0
+        ),
+        pure=(degree > 0) & (nnk_same == degree),
+    )
+
+
+def loo_error(points: PointMetrics, mask: np.ndarray | slice = slice(None)) -> LooError:
+    return LooError(
+        nnk_weighted=float(points.wrong_nnk_weighted[mask].mean()),
+        nnk_unweighted=float(points.wrong_nnk_unweighted[mask].mean()),
+        knn_weighted=float(points.wrong_knn_weighted[mask].mean()),
+        knn_unweighted=float(points.wrong_knn_unweighted[mask].mean()),
+        soft_nnk_weighted=float(points.soft_error[mask].mean()),
+    )
+
+
+def homogeneity(points: PointMetrics, mask: np.ndarray | slice = slice(None)) -> Homogeneity:
+    return Homogeneity(
+        nnk_mean=float(points.nnk_same_share[mask].mean()),
+        knn_mean=float(points.knn_same_share[mask].mean()),
+        pure_patch_fraction=float(points.pure[mask].mean()),
+    )
+
+
+def regime(errors: LooError, *, epsilon: float = REGIME_EPSILON) -> str:
+    """The seed's two kinds of embedding space, and the third: no interpolation at all."""
+    if errors.nnk_weighted <= epsilon and errors.nnk_unweighted <= epsilon:
+        return "homogeneous"
+    if errors.nnk_weighted <= epsilon:
+        return "weighted"
+    return "not_interpolating"
+
+
+def quantile_stats(values: np.ndarray) -> QuantileStats:
+    values = np.asarray(values, dtype=np.float64)
+    p10, median, p90 = np.percentile(values, [10, 50, 90])
+    return QuantileStats(
+        mean=float(values.mean()),
+        median=float(median),
+        p10=float(p10),
+        p90=float(p90),
+        max=float(values.max()),
+    )
+
+
+def degree_stats(
+    degree: np.ndarray, *, codes: np.ndarray | None = None, classes: np.ndarray | None = None
+) -> DegreeStats:
+    per_class = None
+    if codes is not None and classes is not None:
+        sums = np.bincount(codes, weights=degree, minlength=classes.size)
+        counts = np.bincount(codes, minlength=classes.size)
+        per_class = {
+            str(label): float(s / c) for label, s, c in zip(classes, sums, counts, strict=True)
+        }
+    return DegreeStats(
+        **quantile_stats(degree).model_dump(),
+        histogram=np.bincount(degree).tolist(),
+        per_class=per_class,
+    )
+
+
+def label_of(value: np.generic) -> int | str:
+    return value.item() if isinstance(value.item(), int | str) else str(value)
+
+
+def per_class_metrics(points: PointMetrics, classes: np.ndarray) -> list[ClassMetrics]:
+    out = []
+    for code, label in enumerate(classes):
+        mask = points.codes == code
+        out.append(
+            ClassMetrics(
+                label=label_of(label),
+                n=int(mask.sum()),
+                loo_error=loo_error(points, mask),
+                homogeneity=homogeneity(points, mask),
+                mean_degree=float(points.degree[mask].mean()),
+            )
+        )
+    return out
+
+
+def cross_class_edge_fraction(symmetric: sp.csr_matrix, codes: np.ndarray) -> float:
+    """Share of the symmetric graph's weight on edges joining different labels."""
+    coo = symmetric.tocoo()
+    total = coo.data.sum()
+    if total == 0:
+        return 0.0
+    return float(coo.data[codes[coo.row] != codes[coo.col]].sum() / total)
+
+
+def suspects(
+    points: PointMetrics,
+    classes: np.ndarray,
+    *,
+    top: int,
+    ids: np.ndarray | None = None,
+) -> list[Suspect]:
+    """Points whose NNK-weighted prediction disagrees with their label, most doubtful first."""
+    flagged = np.flatnonzero(points.wrong_nnk_weighted)
+    # Highest score first; ties by index for a stable report.
+    order = flagged[np.lexsort((flagged, -points.soft_error[flagged]))][:top]
+    return [
+        Suspect(
+            index=int(i),
+            id=None if ids is None else str(ids[i]),
+            label=label_of(classes[points.codes[i]]),
+            predicted=label_of(classes[points.predicted[i]]),
+            score=float(points.soft_error[i]),
+        )
+        for i in order
+    ]

@@ -1,0 +1,61 @@
+"""Report assembly: the comparison across sets, from the per-set reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from api_schemas import Comparison, SetReport
+
+# The scalar metrics a comparison follows across sets, as dotted paths into SetReport.
+COMPARED_METRICS: tuple[str, ...] = (
+    "n_points",
+    "dim",
+    "n_classes",
+    "graph.n_edges_directed",
+    "graph.n_edges_symmetric",
+    "graph.duplicate_pairs",
+    "graph.isolated",
+    "nnk_degree.mean",
+    "nnk_degree.median",
+    "nnk_degree.p10",
+    "nnk_degree.p90",
+    "nnk_degree.max",
+    "loo_error.nnk_weighted",
+    "loo_error.nnk_unweighted",
+    "loo_error.knn_weighted",
+    "loo_error.knn_unweighted",
+    "loo_error.soft_nnk_weighted",
+    "homogeneity.nnk_mean",
+    "homogeneity.knn_mean",
+    "homogeneity.pure_patch_fraction",
+    "reconstruction_error.mean",
+    "reconstruction_error.median",
+    "intrinsic_dimension.twonn",
+    "intrinsic_dimension.mle",
+    "label_smoothness.cross_class_edge_fraction",
+    "regime",
+)
+
+
+def _lookup(report: SetReport, path: str) -> float | int | str | None:
+    value: object = report
+    for part in path.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value  # type: ignore[return-value]
+
+
+def comparison(set_reports: Sequence[SetReport]) -> Comparison:
+    """Each compared metric as a series over the sets, in the order given.
+
+    Facts a set carries in ``extra`` (a study's parameter count, train accuracy) are
+    series too, under ``extra.<name>``.
+    """
+    series: dict[str, list[float | int | str | None]] = {
+        path: [_lookup(report, path) for report in set_reports] for path in COMPARED_METRICS
+    }
+    extra_names = sorted({name for report in set_reports for name in report.extra})
+    for name in extra_names:
+        series[f"extra.{name}"] = [report.extra.get(name) for report in set_reports]
+    return Comparison(sets=[report.name for report in set_reports], series=series)
