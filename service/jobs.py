@@ -1,0 +1,407 @@
+"""The jobs service: submission, the result cache, idempotency, cancel, and results.
+
+A submission is validated completely before anything is queued (datasets of the
+tenant, array names, shapes and label counts from upload metadata, zero rows under the
+cosine kernel, k < N), so that a worker only ever fails on what metadata cannot show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from api_schemas import JobCreate, JobLinks, JobList, JobOut, JobProgress, JobStatus, Report
+from api_schemas.datasets import DatasetRef
+from api_schemas.problems import FieldError
+from service.auth import Tenant
+from service.blobs import BlobStore
+from service.errors import ProblemError, invalid_input, not_found
+from service.records import (
+    JOB_ID_PATTERN,
+    ArrayInput,
+    DatasetRecord,
+    JobRecord,
+    JobSpec,
+    ResultRecord,
+    SetInput,
+    StoredArray,
+    new_job_id,
+    utc_now,
+)
+from service.store import CancelOutcome, Store
+from workers.geometry import ALGORITHM_VERSION, InvalidInputError, check_set_shapes
+
+GraphKind = Literal["symmetric", "directed"]
+EnqueueJob = Callable[..., None]
+"""Called as ``enqueue(job_id=..., tenant=..., queue=...)``."""
+
+RETRY_AFTER_S = 1
+
+logger = logging.getLogger(__name__)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_key_for(spec: JobSpec) -> str:
+    """What makes two jobs' results identical: the algorithm, the params, the input bytes.
+
+    Scoped per tenant by the store, so one tenant's result is never another's cache hit.
+    """
+
+    def array(item: ArrayInput | None) -> dict[str, str] | None:
+        return None if item is None else {"sha256": item.sha256, "array": item.array}
+
+    content = {
+        "algorithm_version": ALGORITHM_VERSION,
+        "params": spec.params.model_dump(mode="json"),
+        "sets": [
+            {
+                "name": s.name,
+                "embeddings": array(s.embeddings),
+                "labels": array(s.labels),
+                "ids": array(s.ids),
+            }
+            for s in spec.sets
+        ],
+    }
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: JobOut
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    json: str
+    etag: str
+
+
+def job_links(job_id: str, set_names: list[str]) -> JobLinks:
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(
+        self=base,
+        report=f"{base}/report",
+        report_html=f"{base}/report.html",
+        cancel=f"{base}/cancel",
+        graphs={name: f"{base}/graphs/{name}" for name in set_names},
+    )
+
+
+def to_job_out(job: JobRecord) -> JobOut:
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        progress=job.progress,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        cached=job.cached,
+        error=job.error,
+        links=job_links(job.id, [s.name for s in job.spec.sets]),
+    )
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        enqueue: EnqueueJob,
+        queue_for: Callable[[JobSpec], str],
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._enqueue = enqueue
+        self._queue_for = queue_for
+
+    # Submission -----------------------------------------------------------------------
+
+    def submit(
+        self, *, tenant: Tenant, request: JobCreate, idempotency_key: str | None
+    ) -> Submission:
+        """Validate, then answer from the cache or queue the job.
+
+        With an Idempotency-Key, a repeat of the same body returns the first job; the
+        same key with another body is refused (422).
+        """
+        job_id = new_job_id()
+        if idempotency_key is not None:
+            body_sha256 = hashlib.sha256(
+                canonical_json(request.model_dump(mode="json")).encode()
+            ).hexdigest()
+            earlier = self._store.reserve_idempotency_key(
+                tenant.name, idempotency_key, body_sha256=body_sha256, job_id=job_id
+            )
+            if earlier is not None:
+                return self._replay(
+                    tenant, earlier.job_id, same_body=earlier.body_sha256 == body_sha256
+                )
+        try:
+            spec = self._resolve(tenant, request)
+        except BaseException:
+            if idempotency_key is not None:
+                # Nothing was created: the client may fix the body and reuse the key.
+                self._store.release_idempotency_key(tenant.name, idempotency_key)
+            raise
+        return Submission(job=self._start(tenant, job_id, spec), replayed=False)
+
+    def _replay(self, tenant: Tenant, job_id: str, *, same_body: bool) -> Submission:
+        if not same_body:
+            raise ProblemError(
+                422,
+                "This Idempotency-Key was used with a different request body; use a new key "
+                "for a new request.",
+                slug="idempotency-key-reused",
+                errors=[FieldError(field="header.Idempotency-Key", message="reused")],
+            )
+        job = self._store.get_job(tenant.name, job_id)
+        if job is None:
+            raise ProblemError(
+                409,
+                "A request with this Idempotency-Key is still being processed; retry shortly.",
+                slug="idempotency-key-in-flight",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return Submission(job=to_job_out(job), replayed=True)
+
+    def _start(self, tenant: Tenant, job_id: str, spec: JobSpec) -> JobOut:
+        cache_key = cache_key_for(spec)
+        now = utc_now()
+        cached = self._store.cached_result(tenant.name, cache_key)
+        if cached is not None:
+            job = JobRecord(
+                id=job_id,
+                tenant=tenant.name,
+                status=JobStatus.succeeded,
+                spec=spec,
+                cache_key=cache_key,
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+                progress=JobProgress(stage="succeeded", fraction=1.0),
+                cached=True,
+                result_id=cached.id,
+            )
+            self._store.create_job(job)
+            return to_job_out(job)
+
+        queue = self._queue_for(spec)
+        job = JobRecord(
+            id=job_id,
+            tenant=tenant.name,
+            status=JobStatus.queued,
+            spec=spec,
+            queue=queue,
+            cache_key=cache_key,
+            created_at=now,
+        )
+        gone = self._store.pin_datasets(tenant.name, job_id, spec.dataset_ids())
+        if gone:
+            raise invalid_input(
+                [FieldError(field="sets", message=f"dataset {d} was just deleted") for d in gone]
+            )
+        try:
+            self._store.create_job(job)
+        except BaseException:
+            self._store.unpin_datasets(tenant.name, job_id, spec.dataset_ids())
+            raise
+        try:
+            self._enqueue(job_id=job_id, tenant=tenant.name, queue=queue)
+        except Exception as error:
+            logger.exception("could not queue job %s", job_id)
+            problem = ProblemError(
+                503,
+                "The job could not be queued (the broker did not answer); submit it again.",
+                slug="queue-unavailable",
+                headers={"Retry-After": "5"},
+            )
+            self._store.finish_job(
+                job,
+                status=JobStatus.failed,
+                now=utc_now(),
+                from_statuses=(JobStatus.queued,),
+                error=problem.to_problem(instance=f"/v1/jobs/{job_id}"),
+            )
+            raise problem from error
+        return to_job_out(job)
+
+    def _resolve(self, tenant: Tenant, request: JobCreate) -> JobSpec:
+        """Turn dataset references into exact blobs and arrays, checking all of them."""
+        errors: list[FieldError] = []
+        datasets: dict[str, DatasetRecord | None] = {}
+        params = request.params
+        sets: list[SetInput] = []
+
+        def resolve(ref: DatasetRef | None, field: str) -> tuple[ArrayInput, StoredArray] | None:
+            if ref is None:
+                return None
+            if ref.dataset not in datasets:
+                datasets[ref.dataset] = self._store.get_dataset(tenant.name, ref.dataset)
+            dataset = datasets[ref.dataset]
+            if dataset is None:
+                errors.append(
+                    FieldError(
+                        field=f"{field}.dataset",
+                        message=f"no dataset {ref.dataset}; upload it with POST /v1/datasets",
+                    )
+                )
+                return None
+            names = [array.name for array in dataset.arrays]
+            if ref.array is None and len(names) != 1:
+                errors.append(
+                    FieldError(
+                        field=f"{field}.array",
+                        message=f"dataset {dataset.id} holds arrays {', '.join(names)}; "
+                        "name one in `array`",
+                    )
+                )
+                return None
+            stored = dataset.array_named(ref.array if ref.array is not None else names[0])
+            if stored is None:
+                errors.append(
+                    FieldError(
+                        field=f"{field}.array",
+                        message=f"dataset {dataset.id} has no array {ref.array!r}; it holds "
+                        f"{', '.join(names)}",
+                    )
+                )
+                return None
+            resolved = ArrayInput(
+                dataset=dataset.id, sha256=dataset.sha256, format=dataset.format, array=stored.name
+            )
+            return resolved, stored
+
+        for set_spec in request.sets:
+            where = f"sets[{set_spec.name}]"
+            embeddings = resolve(set_spec.embeddings, f"{where}.embeddings")
+            labels = resolve(set_spec.labels, f"{where}.labels")
+            ids = resolve(set_spec.ids, f"{where}.ids")
+            if (
+                embeddings is None
+                or (set_spec.labels is not None and labels is None)
+                or (set_spec.ids is not None and ids is None)
+            ):
+                continue
+            try:
+                check_set_shapes(
+                    name=set_spec.name,
+                    embeddings_shape=embeddings[1].shape,
+                    embeddings_dtype=embeddings[1].dtype,
+                    labels_shape=labels[1].shape if labels else None,
+                    labels_dtype=labels[1].dtype if labels else None,
+                    ids_shape=ids[1].shape if ids else None,
+                    params=params,
+                )
+            except InvalidInputError as error:
+                errors.append(FieldError(field=error.field, message=error.message))
+                continue
+            if params.kernel == "cosine" and embeddings[1].zero_rows:
+                errors.append(
+                    FieldError(
+                        field=f"{where}.embeddings",
+                        message=f"{embeddings[1].zero_rows} rows are zero vectors, which have "
+                        "no direction under the cosine kernel; drop them or use "
+                        "kernel='gaussian'",
+                    )
+                )
+                continue
+            sets.append(
+                SetInput(
+                    name=set_spec.name,
+                    embeddings=embeddings[0],
+                    labels=labels[0] if labels else None,
+                    ids=ids[0] if ids else None,
+                )
+            )
+        if errors:
+            raise invalid_input(errors)
+        return JobSpec(sets=sets, params=params)
+
+    # Reading and cancelling -------------------------------------------------------------
+
+    def _job(self, tenant: Tenant, job_id: str) -> JobRecord:
+        job = self._store.get_job(tenant.name, job_id) if JOB_ID_PATTERN.match(job_id) else None
+        if job is None:
+            raise not_found(f"Job {job_id}")
+        return job
+
+    def get(self, *, tenant: Tenant, job_id: str) -> JobOut:
+        return to_job_out(self._job(tenant, job_id))
+
+    def list(self, *, tenant: Tenant, limit: int, cursor: str | None) -> JobList:
+        if cursor is not None and not JOB_ID_PATTERN.match(cursor):
+            raise invalid_input(
+                [FieldError(field="query.cursor", message="not a cursor this API returned")]
+            )
+        jobs, next_cursor = self._store.list_jobs(tenant.name, limit=limit, before=cursor)
+        return JobList(items=[to_job_out(job) for job in jobs], next_cursor=next_cursor)
+
+    def cancel(self, *, tenant: Tenant, job_id: str) -> JobOut:
+        """Cancel a queued job at once; ask a running one to stop at its next checkpoint."""
+        job = self._job(tenant, job_id)
+        outcome = self._store.request_cancel(job, now=utc_now())
+        if outcome is CancelOutcome.missing:
+            raise not_found(f"Job {job_id}")
+        if outcome is CancelOutcome.already_finished:
+            current = self._job(tenant, job_id)
+            raise ProblemError(
+                409,
+                f"Job {job_id} already {current.status.value}; there is nothing to cancel.",
+                slug="job-finished",
+            )
+        return to_job_out(self._job(tenant, job_id))
+
+    # Results ----------------------------------------------------------------------------
+
+    def _result(self, tenant: Tenant, job_id: str) -> tuple[JobRecord, ResultRecord]:
+        job = self._job(tenant, job_id)
+        if job.status is not JobStatus.succeeded:
+            if job.status.finished:
+                detail = f"Job {job_id} {job.status.value}; it has no report."
+                raise ProblemError(409, detail, slug="no-result")
+            raise ProblemError(
+                409,
+                f"Job {job_id} is {job.status.value}; poll it until it has succeeded.",
+                slug="job-not-finished",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        result = self._store.get_result(tenant.name, job.result_id) if job.result_id else None
+        if result is None:
+            raise ProblemError(
+                410,
+                f"The results of job {job_id} have expired (NNKGEO_RESULT_TTL_S); submit the "
+                "job again.",
+                slug="result-expired",
+            )
+        return job, result
+
+    def report(self, *, tenant: Tenant, job_id: str) -> StoredReport:
+        _, result = self._result(tenant, job_id)
+        return StoredReport(json=result.report_json, etag=result.etag)
+
+    def report_model(self, *, tenant: Tenant, job_id: str) -> Report:
+        return Report.model_validate_json(self.report(tenant=tenant, job_id=job_id).json)
+
+    def graph_file(self, *, tenant: Tenant, job_id: str, set_name: str, kind: GraphKind) -> Path:
+        job, result = self._result(tenant, job_id)
+        files = result.graphs.get(set_name)
+        if files is None:
+            names = ", ".join(s.name for s in job.spec.sets)
+            raise not_found(f"Set {set_name!r} of job {job_id} (its sets: {names})")
+        path = self._blobs.path_of(files.sha256_of(kind))
+        if not path.is_file():
+            raise ProblemError(
+                410, f"The graphs of job {job_id} have expired.", slug="result-expired"
+            )
+        return path

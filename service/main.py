@@ -1,0 +1,139 @@
+"""The app factory: `uvicorn service.main:app`.
+
+Settings are read and checked here, at import, so that a misconfigured API refuses to
+start with one clear message instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+
+import api_schemas
+from api_schemas import Problem
+from service.auth import ApiKeyring
+from service.blobs import BlobStore
+from service.datasets import DatasetService
+from service.deps import Services
+from service.errors import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from service.jobs import JobService
+from service.metrics import HttpMetrics, HttpMetricsMiddleware, JobMetricsCollector
+from service.routes import datasets, health, jobs
+from service.settings import Settings, get_settings
+from service.store import Store
+from workers.celery_app import create_celery_app, enqueue_analysis, queue_for
+
+API_VERSION = "1.0.0"
+STAGING_LEFTOVER_AGE_S = 24 * 3600
+
+logger = logging.getLogger(__name__)
+
+
+def _problem_only_openapi(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI where every error response is a Problem served as application/problem+json."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for definition_name, definition in components["Problem"].pop("$defs", {}).items():
+        components.setdefault(definition_name, definition)
+    problem_content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {})
+            # FastAPI documents its own validation error shape; ours is a Problem.
+            if "422" in responses:
+                responses["422"] = {
+                    "description": "Invalid input; `errors` names each field and what to fix.",
+                    "content": problem_content,
+                }
+            for status_code, response in responses.items():
+                if status_code.startswith(("4", "5")) and "content" in response:
+                    response["content"] = problem_content
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level)
+    keyring = ApiKeyring.from_settings(settings)
+    store = Store.from_settings(settings)
+    blobs = BlobStore(settings.data_dir)
+    blobs.ensure_directories()
+    celery = create_celery_app(settings)
+
+    registry = CollectorRegistry()
+    http_metrics = HttpMetrics(registry)
+    registry.register(JobMetricsCollector(store, queues=[settings.cpu_queue, settings.gpu_queue]))
+
+    services = Services(
+        settings=settings,
+        keyring=keyring,
+        store=store,
+        datasets=DatasetService(
+            store=store, blobs=blobs, max_upload_bytes=settings.max_upload_bytes
+        ),
+        jobs=JobService(
+            store=store,
+            blobs=blobs,
+            enqueue=lambda **ids: enqueue_analysis(celery, **ids),
+            queue_for=lambda spec: queue_for(spec.params, settings),
+        ),
+        celery=celery,
+        metrics_registry=registry,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        blobs.sweep_staging(older_than_s=STAGING_LEFTOVER_AGE_S)
+        yield
+        store.close()
+
+    app = FastAPI(
+        title="nnkgeo",
+        version=API_VERSION,
+        description=(
+            "Measure the geometry of deep-learning embeddings with NNK graphs. Upload "
+            "embeddings, submit a job, poll it, fetch the report and the graphs. Every "
+            "error is an RFC 9457 `application/problem+json` body."
+        ),
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "datasets", "description": "Uploaded files of arrays."},
+            {"name": "jobs", "description": "Analyses, their reports and graphs."},
+            {"name": "health", "description": "Liveness, readiness and metrics."},
+        ],
+    )
+    app.state.services = services
+    install_problem_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware, metrics=http_metrics)
+    app.include_router(datasets.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.openapi = lambda: _problem_only_openapi(app)  # type: ignore[method-assign]
+    logger.info(
+        "nnkgeo API %s: schema %s, tenants %s",
+        API_VERSION,
+        api_schemas.REPORT_SCHEMA_VERSION,
+        ", ".join(sorted(keyring.tenants)) or "(anonymous only)",
+    )
+    return app
+
+
+app = create_app()

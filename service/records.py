@@ -1,0 +1,139 @@
+"""What the service keeps about datasets, jobs and results (its internal records).
+
+These are richer than the public models of `api_schemas`: a job record snapshots the
+exact blobs and arrays it reads, so that a worker never depends on a dataset record that
+may be deleted meanwhile. `service.store` decides how they are laid out in Redis.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from api_schemas import (
+    AnalysisParams,
+    ArrayInfo,
+    DatasetOut,
+    JobProgress,
+    JobStatus,
+    Problem,
+)
+from api_schemas.datasets import DatasetFormat
+
+DATASET_ID_PATTERN = re.compile(r"^ds_[0-9a-f]{32}$")
+# Job ids start with the creation time in milliseconds (12 hex digits), so that their
+# lexicographic order is their age: the per-tenant job index lists by id, newest first.
+JOB_ID_PATTERN = re.compile(r"^job_[0-9a-f]{12}[0-9a-f]{16}$")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id(*, now_ms: int | None = None) -> str:
+    created_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    return f"job_{created_ms:012x}{secrets.token_hex(8)}"
+
+
+def job_id_floor(*, created_before_ms: int) -> str:
+    """The smallest id a job created at `created_before_ms` can have."""
+    return f"job_{created_before_ms:012x}"
+
+
+class StoredArray(BaseModel):
+    name: str
+    shape: list[int]
+    dtype: str
+    zero_rows: int | None = Field(
+        None, description="Rows that are all zeros (no cosine); None for non-float arrays."
+    )
+
+
+class DatasetRecord(BaseModel):
+    id: str
+    tenant: str
+    sha256: str
+    format: DatasetFormat
+    size_bytes: int
+    arrays: list[StoredArray]
+    created_at: datetime
+
+    def array_named(self, name: str) -> StoredArray | None:
+        return next((array for array in self.arrays if array.name == name), None)
+
+    def to_out(self) -> DatasetOut:
+        return DatasetOut(
+            id=self.id,
+            sha256=self.sha256,
+            format=self.format,
+            size_bytes=self.size_bytes,
+            arrays=[ArrayInfo(name=a.name, shape=a.shape, dtype=a.dtype) for a in self.arrays],
+            created_at=self.created_at,
+        )
+
+
+class ArrayInput(BaseModel):
+    """One array a job reads: resolved at submission, immune to later dataset deletes."""
+
+    dataset: str
+    sha256: str
+    format: DatasetFormat
+    array: str
+
+
+class SetInput(BaseModel):
+    name: str
+    embeddings: ArrayInput
+    labels: ArrayInput | None = None
+    ids: ArrayInput | None = None
+
+    def arrays(self) -> list[ArrayInput]:
+        return [a for a in (self.embeddings, self.labels, self.ids) if a is not None]
+
+
+class JobSpec(BaseModel):
+    sets: list[SetInput]
+    params: AnalysisParams
+
+    def dataset_ids(self) -> list[str]:
+        return sorted({array.dataset for s in self.sets for array in s.arrays()})
+
+
+class JobRecord(BaseModel):
+    id: str
+    tenant: str
+    status: JobStatus
+    spec: JobSpec
+    queue: str | None = None
+    cache_key: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress = Field(default_factory=lambda: JobProgress(stage="queued", fraction=0))
+    cached: bool = False
+    error: Problem | None = None
+    result_id: str | None = None
+    attempts: int = Field(0, description="Deliveries to a worker (more than one after a crash).")
+    cancel_requested: bool = False
+
+
+class GraphFiles(BaseModel):
+    """The blobs holding one set's graphs (scipy.sparse.save_npz files)."""
+
+    directed: str
+    symmetric: str
+
+    def sha256_of(self, kind: str) -> str:
+        return self.directed if kind == "directed" else self.symmetric
+
+
+class ResultRecord(BaseModel):
+    id: str
+    report_json: str
+    etag: str
+    graphs: dict[str, GraphFiles]
+    created_at: datetime

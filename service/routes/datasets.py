@@ -1,0 +1,113 @@
+"""/v1/datasets: upload a file of arrays, read its record, delete it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from starlette.requests import ClientDisconnect
+
+from api_schemas import DatasetOut
+from api_schemas.datasets import DatasetFormat
+from service.deps import CurrentTenant, DatasetServiceDep
+from service.errors import ProblemError, problem_responses
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+UPLOAD_MEDIA_TYPE = "application/octet-stream"
+
+
+async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ProblemError(
+            400, "The client closed the connection before the upload finished."
+        ) from None
+
+
+def _declared_length(content_length: str | None) -> int | None:
+    if content_length is None:
+        return None
+    try:
+        return int(content_length)
+    except ValueError:
+        raise ProblemError(400, "Content-Length is not a number.") from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    summary="Upload a file of arrays (raw body)",
+    description=(
+        "Send the file as the raw request body with `Content-Type: application/octet-stream`."
+        " The upload is streamed to disk, validated (parses, no pickles, supported dtypes, "
+        "non-empty, finite floats) and stored by content: the same bytes give the same "
+        "dataset (200 instead of 201)."
+    ),
+    responses={
+        200: {"model": DatasetOut, "description": "These bytes were uploaded before."},
+        **problem_responses(400, 401, 413, 415, 422),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {UPLOAD_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload_dataset(
+    request: Request,
+    response: Response,
+    tenant: CurrentTenant,
+    datasets: DatasetServiceDep,
+    fmt: Annotated[DatasetFormat, Query(alias="format", description="How the file is encoded.")],
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+    content_length: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> DatasetOut:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != UPLOAD_MEDIA_TYPE:
+        raise ProblemError(
+            415,
+            f"Send the file as the raw body with Content-Type: {UPLOAD_MEDIA_TYPE} "
+            f"(got {content_type or 'none'}).",
+            slug="unsupported-media-type",
+        )
+    upload = await datasets.upload(
+        tenant=tenant,
+        body=_body_chunks(request),
+        declared_length=_declared_length(content_length),
+        fmt=fmt,
+    )
+    response.status_code = status.HTTP_201_CREATED if upload.created else status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/datasets/{upload.dataset.id}"
+    return upload.dataset.to_out()
+
+
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    summary="A dataset's record",
+    responses=problem_responses(401, 404),
+)
+def get_dataset(dataset_id: str, tenant: CurrentTenant, datasets: DatasetServiceDep) -> DatasetOut:
+    return datasets.get(tenant=tenant, dataset_id=dataset_id).to_out()
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a dataset",
+    description=(
+        "Removes the tenant's record, and the file once no record uses it. Refused with 409 "
+        "while an unfinished job of the tenant reads the dataset."
+    ),
+    responses=problem_responses(401, 404, 409),
+)
+def delete_dataset(dataset_id: str, tenant: CurrentTenant, datasets: DatasetServiceDep) -> Response:
+    datasets.delete(tenant=tenant, dataset_id=dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,145 @@
+"""Every knob of the nnkgeo service and its workers, read once from NNKGEO_* variables.
+
+The API process and the Celery workers read the same `Settings`; a field that only one of
+them uses says so in its description. `README.md` carries the same table for operators
+(a contract test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+DAY_S = 24 * 3600
+
+
+class ConfigurationError(RuntimeError):
+    """The settings are missing or unsafe; the process must not start with them."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NNKGEO_", extra="ignore", frozen=True)
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis for job records, results, the cache and the Celery broker.",
+    )
+    data_dir: Path = Field(
+        Path("./var/nnkgeo"),
+        description=(
+            "Blob store directory (uploads and graphs, content-addressed); shared by the "
+            "API and every worker."
+        ),
+    )
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="API keys as `tenant:key,tenant2:key2`; keys at least 16 characters.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one `tenant:key` per line (`#` comments); adds to API_KEYS."
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description=(
+            "Local development only: requests without a key act as tenant `anonymous`. "
+            "Without it the API refuses to start when no key is configured."
+        ),
+    )
+    max_upload_bytes: int = Field(2 * GIB, gt=0, description="Largest accepted upload body.")
+    result_ttl_s: int = Field(
+        7 * DAY_S, gt=0, description="Lifetime of reports, graphs and cache entries."
+    )
+    job_ttl_s: int = Field(
+        30 * DAY_S, gt=0, description="Lifetime of job records; at least RESULT_TTL_S."
+    )
+    idempotency_ttl_s: int = Field(
+        DAY_S, gt=0, description="How long an Idempotency-Key replays its first response."
+    )
+    task_soft_time_limit_s: int = Field(
+        3600, gt=0, description="Worker: a job still running after this fails cleanly."
+    )
+    task_time_limit_s: int = Field(
+        3900, gt=0, description="Worker: the child process is killed after this."
+    )
+    visibility_timeout_s: int = Field(
+        4200,
+        gt=0,
+        description=(
+            "Broker: an unacknowledged job (its worker died) is redelivered after this. "
+            "Must exceed TASK_TIME_LIMIT_S."
+        ),
+    )
+    unacked_restore_interval_s: int = Field(
+        60, gt=0, description="Worker: how often the broker is swept for such jobs."
+    )
+    task_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Worker: deliveries of one job (after worker crashes) before it fails.",
+    )
+    cpu_queue: str = Field(
+        "cpu", pattern=r"^[a-z][a-z0-9_-]*$", description="Celery queue of CPU jobs."
+    )
+    gpu_queue: str = Field(
+        "gpu",
+        pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Celery queue of jobs with params.device = cuda.",
+    )
+    readiness_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="How long /readyz waits for a worker to answer."
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+        description="Log level of the API and the workers.",
+    )
+
+    @model_validator(mode="after")
+    def _time_limits_are_ordered(self) -> Self:
+        # Redis redelivers an unacknowledged message once visibility_timeout has passed,
+        # whether or not its worker is alive: a job still running then would run twice.
+        # The hard limit kills it first, and the soft limit lets it fail cleanly before that.
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError(
+                "TASK_SOFT_TIME_LIMIT_S must be below TASK_TIME_LIMIT_S "
+                f"({self.task_soft_time_limit_s} >= {self.task_time_limit_s})"
+            )
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "TASK_TIME_LIMIT_S must be below VISIBILITY_TIMEOUT_S, or a job still running "
+                "would be delivered to a second worker "
+                f"({self.task_time_limit_s} >= {self.visibility_timeout_s})"
+            )
+        if self.job_ttl_s < self.result_ttl_s:
+            raise ValueError(
+                "JOB_TTL_S must be at least RESULT_TTL_S, so that an expired report is told "
+                f"apart from an unknown job ({self.job_ttl_s} < {self.result_ttl_s})"
+            )
+        if self.cpu_queue == self.gpu_queue:
+            raise ValueError("CPU_QUEUE and GPU_QUEUE must differ")
+        return self
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment, or raise one readable ConfigurationError."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = ".".join(str(part) for part in item["loc"])
+            prefix = f"NNKGEO_{name.upper()}: " if name else ""
+            problems.append(f"  - {prefix}{item['msg'].removeprefix('Value error, ')}")
+        raise ConfigurationError(
+            "nnkgeo refuses to start with these settings:\n" + "\n".join(problems)
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,74 @@
+"""The Celery application: broker, serialization, delivery guarantees and queues.
+
+Start a worker with ``celery -A workers.celery_app worker -Q cpu`` (add ``gpu`` on hosts
+with a GPU, or run ``-Q gpu`` there). Messages carry ids only (job id, tenant): inputs
+and results live in the blob store and Redis, never in the broker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from api_schemas import AnalysisParams
+from service.settings import Settings, get_settings
+
+ANALYZE_SETS_TASK = "nnkgeo.analyze_sets"
+
+
+def queue_for(params: AnalysisParams, settings: Settings) -> str:
+    """The queue a job goes to: only `device="cuda"` needs a worker that holds a GPU.
+
+    `auto` stays on the CPU queue so that a deployment without GPU workers still runs it.
+    """
+    return settings.gpu_queue if params.device == "cuda" else settings.cpu_queue
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    celery = Celery(
+        "nnkgeo", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks"]
+    )
+    celery.conf.update(
+        # JSON only: a pickle-accepting worker runs whatever a broker writer sends it.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        # Job outcomes live in the job record (service.store), not in Celery results.
+        task_ignore_result=True,
+        # Ack only once the task returned, and requeue when the child process dies: a job
+        # whose worker crashed runs again (the task is idempotent; see workers.tasks).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One job at a time per process: a prefetched job would wait behind a long one
+        # while another worker idles.
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        broker_transport_options={
+            # Must exceed the hard time limit (Settings checks it): Redis redelivers any
+            # message unacknowledged this long, even if its worker is still busy with it.
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu sweeps for such messages every interval x throttle seconds (100 s by
+            # default); a throttle of 1 makes the interval the only knob.
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
+        # With acks_late, a task still running when the broker connection drops has its
+        # message redelivered anyway; stop it rather than finish a duplicate.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.cpu_queue,
+        task_routes={ANALYZE_SETS_TASK: {"queue": settings.cpu_queue}},
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return celery
+
+
+app = create_celery_app(get_settings())
+
+
+def enqueue_analysis(celery: Celery, *, job_id: str, tenant: str, queue: str) -> None:
+    """Queue a job for the workers; the message holds nothing but the two ids."""
+    celery.send_task(ANALYZE_SETS_TASK, args=[job_id, tenant], queue=queue, task_id=job_id)
