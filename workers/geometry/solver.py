@@ -220,7 +220,11 @@ def _authors_weights(gram: torch.Tensor, rhs: torch.Tensor, allowed: torch.Tenso
     tol = AUTHORS_TOLERANCE
     weights = torch.zeros_like(rhs)
     free = allowed & (rhs > tol)
-    active = torch.arange(rhs.shape[0], device=rhs.device)
+    # Step 1: a candidate (nearly) identical to the query returns b masked to such ones.
+    duplicate = free & (rhs > 1.0 - tol)
+    has_duplicate = duplicate.any(dim=1)
+    weights[has_duplicate] = torch.where(duplicate[has_duplicate], rhs[has_duplicate], 0.0)
+    active = torch.nonzero(~has_duplicate).squeeze(1)
     for _ in range(_AUTHORS_MAX_ITER):
         if active.numel() == 0:
             break
