@@ -46,9 +46,7 @@ class DegreeStats(QuantileStats):
     histogram: list[int] = Field(
         description="histogram[d] = number of points with exactly d NNK neighbours."
     )
-    per_class: dict[str, float] | None = Field(
-        None, description="Mean NNK degree per class label."
-    )
+    per_class: dict[str, float] | None = Field(None, description="Mean NNK degree per class label.")
 
 
 class LooError(_Model):

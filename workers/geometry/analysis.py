@@ -36,9 +36,7 @@ from workers.geometry.kernels import candidate_kernels, kernel_vectors
 from workers.geometry.report import comparison
 from workers.geometry.solver import IDENTICAL_TOLERANCE, nnk_weights
 from workers.geometry.validation import check_embedding_values, check_set_shapes
-
-# Bump when a change alters any number a report holds: the result cache keys on it.
-ALGORITHM_VERSION = "1"
+from workers.geometry.version import ALGORITHM_VERSION
 
 ProgressCallback = Callable[[str, float], None]
 """Called as ``progress(stage, fraction)``; may raise AnalysisCanceled to stop the run."""

@@ -1,0 +1,3 @@
+from nnkgeo.cli import main
+
+raise SystemExit(main())

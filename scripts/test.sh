@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up and run the whole nnkgeo test suite on a fresh Debian/Ubuntu machine.
+# Creates .venv, installs the project with its test extras, installs what the
+# suite needs from the system (redis-server; the tests start their own server on a
+# free port), then runs ruff and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  as_root apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv 2>/dev/null || { apt_install python3-venv && "$python" -m venv .venv; }
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned to the CPU build in pyproject.toml; a looser pin would pull CUDA.
+.venv/bin/python -m pip install -q -e '.[test]'
+
+command -v redis-server >/dev/null || apt_install redis-server
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest -q "$@"
