@@ -94,7 +94,7 @@ def list_jobs(
         str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
     ] = None,
 ) -> JobList:
-    return jobs.list(tenant=tenant, limit=limit, cursor=cursor)
+    return jobs.list(tenant=tenant, limit=limit, cursor=cursor or None)
 
 
 @router.get(
