@@ -48,11 +48,12 @@ class AnalysisParams(BaseModel):
     )
     suspects_top: int = Field(100, ge=0, le=10_000, description="Length of the suspects list.")
     id_sample: int = Field(
-        10_000,
+        2_000,
         ge=100,
         description=(
-            "Intrinsic dimension is estimated from at most this many query points "
-            "(searched against all points)."
+            "Intrinsic dimension is estimated from at most this many query points, "
+            "searched against all points (a separate Euclidean search: its cost is "
+            "id_sample / N of the kNN search)."
         ),
     )
     seed: int = Field(0, description="Seed for every sampled estimate (recall, ID sample).")
