@@ -1,0 +1,34 @@
+# nnkgeo: one image for the API (uvicorn) and the workers (celery); compose picks the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The CPU build of torch first, from its own index: from PyPI the same pin would bring
+# several GB of CUDA libraries. A GPU image passes another index (see docker-compose.yml).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install torch==2.13.0 --index-url "${TORCH_INDEX_URL}"
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin nnkgeo \
+    && mkdir -p /data \
+    && chown nnkgeo:nnkgeo /data
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY api_schemas ./api_schemas
+COPY service ./service
+COPY workers ./workers
+COPY nnkgeo ./nnkgeo
+RUN pip install .
+
+USER nnkgeo
+ENV NNKGEO_DATA_DIR=/data
+VOLUME ["/data"]
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+
+CMD ["uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
