@@ -58,6 +58,11 @@ def test_cancel_stops_a_queued_job_at_once_and_a_running_one_cooperatively(
     busy_id = _start_busy_job(alpha, long_running_embeddings)
     queued = submit(alpha, job_body(*alpha_digits, k=31)).json()
     wait_for_status(alpha, busy_id, ("running",))
+    wait_until(
+        lambda: alpha.get(f"/v1/jobs/{busy_id}").json()["progress"]["stage"].startswith("busy:"),
+        timeout_s=30,
+        what="the worker to report progress",
+    )
 
     queued_cancel = alpha.post(f"/v1/jobs/{queued['id']}/cancel")
     running_cancel = alpha.post(f"/v1/jobs/{busy_id}/cancel")
@@ -182,6 +187,7 @@ def test_job_whose_worker_is_killed_is_redelivered_to_a_new_worker_and_finishes_
     # The whole worker dies (as with a host crash): the message stays unacknowledged in
     # Redis until the visibility timeout, then goes to whichever worker is there.
     stack.kill_worker()
+    assert_problem(alpha.get("/readyz"), 503, field="workers")
     orphaned = store.get_job("alpha", job_id)
     assert orphaned is not None
     assert orphaned.status is JobStatus.running
@@ -191,3 +197,44 @@ def test_job_whose_worker_is_killed_is_redelivered_to_a_new_worker_and_finishes_
     _assert_finished_once_and_correct(
         alpha, store, job_id, succeeded_before=succeeded_before, expected=expected
     )
+
+
+def test_job_whose_input_file_vanished_fails_with_a_problem_naming_the_input(
+    alpha: httpx.Client, stack: ServiceStack
+) -> None:
+    points = np.random.default_rng(13).standard_normal((100, 8)).astype(np.float32)
+    dataset_id = upload_array(alpha, points)
+    sha = alpha.get(f"/v1/datasets/{dataset_id}").json()["sha256"]
+    # The blob is lost behind the service's back (a disk or an operator error).
+    (stack.data_dir / "blobs" / sha[:2] / sha).unlink()
+
+    job = submit(alpha, job_body(dataset_id, name="lost", k=5)).json()
+    failed = wait_for_status(alpha, job["id"])
+
+    assert failed["status"] == "failed"
+    error = failed["error"]
+    assert error["status"] == 422
+    assert error["errors"][0]["field"] == "sets[lost].embeddings"
+    assert "upload it again" in error["errors"][0]["message"]
+    assert_problem(alpha.get(f"/v1/jobs/{job['id']}/report"), 409)
+
+
+def test_job_past_the_soft_time_limit_fails_cleanly(
+    alpha: httpx.Client, long_running_embeddings: str, stack: ServiceStack, store: Store
+) -> None:
+    assert stack.worker is not None
+    stack.worker.stop()
+    stack.wait_ready(worker=stack.start_worker(NNKGEO_TASK_SOFT_TIME_LIMIT_S="1"))
+    try:
+        job = submit(alpha, job_body(long_running_embeddings, name="slow", k=48)).json()
+        failed = wait_for_status(alpha, job["id"], timeout_s=60)
+    finally:
+        stack.worker.stop()
+        stack.wait_ready(worker=stack.start_worker())
+
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["type"].endswith("time-limit")
+    assert "NNKGEO_TASK_SOFT_TIME_LIMIT_S" in failed["error"]["detail"]
+    record = store.get_job("alpha", job["id"])
+    assert record is not None
+    assert record.attempts == 1
