@@ -20,16 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_schemas import Problem
 from api_schemas.problems import FieldError
+from service.problems import problem_type
 from workers.geometry.errors import InvalidInputError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-PROBLEM_TYPE_PREFIX = "urn:nnkgeo:problem:"
 
 logger = logging.getLogger(__name__)
-
-
-def problem_type(slug: str) -> str:
-    return PROBLEM_TYPE_PREFIX + slug
 
 
 class ProblemError(Exception):

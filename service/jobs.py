@@ -133,7 +133,7 @@ class JobService:
         """Validate, then answer from the cache or queue the job.
 
         With an Idempotency-Key, a repeat of the same body returns the first job; the
-        same key with another body is refused (422).
+        same key with another body is refused (422). A refused request does not bind it.
         """
         job_id = new_job_id()
         if idempotency_key is not None:
@@ -148,13 +148,15 @@ class JobService:
                     tenant, earlier.job_id, same_body=earlier.body_sha256 == body_sha256
                 )
         try:
-            spec = self._resolve(tenant, request)
+            job = self._start(tenant, job_id, self._resolve(tenant, request))
         except BaseException:
             if idempotency_key is not None:
-                # Nothing was created: the client may fix the body and reuse the key.
+                # The request was refused or failed: a retry with the key is a new request.
                 self._store.release_idempotency_key(tenant.name, idempotency_key)
             raise
-        return Submission(job=self._start(tenant, job_id, spec), replayed=False)
+        if idempotency_key is not None:
+            self._store.confirm_idempotency_key(tenant.name, idempotency_key)
+        return Submission(job=job, replayed=False)
 
     def _replay(self, tenant: Tenant, job_id: str, *, same_body: bool) -> Submission:
         if not same_body:

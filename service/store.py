@@ -53,6 +53,7 @@ from service.settings import Settings
 PREFIX = "nnkgeo:"
 JOB_DURATION_BUCKETS_S = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 FINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+IDEMPOTENCY_IN_FLIGHT_TTL_S = 60
 
 _LIST_BATCH = 64
 
@@ -630,16 +631,24 @@ class Store:
     def reserve_idempotency_key(
         self, tenant: str, key: str, *, body_sha256: str, job_id: str
     ) -> IdempotentRequest | None:
-        """Bind the key to this request; return the earlier request if it was bound."""
+        """Bind the key to this request; return the earlier request if it was bound.
+
+        The binding lasts IDEMPOTENCY_IN_FLIGHT_TTL_S until `confirm_idempotency_key`:
+        a process that dies mid-request does not lock the key for a day.
+        """
         redis_key = self._idempotency_key(tenant, key)
         value = json.dumps({"body": body_sha256, "job": job_id})
-        if self._redis.set(redis_key, value, nx=True, ex=self.idempotency_ttl_s):
+        if self._redis.set(redis_key, value, nx=True, ex=IDEMPOTENCY_IN_FLIGHT_TTL_S):
             return None
         stored = _text(self._redis.get(redis_key))
         if stored is None:  # expired in between: the key is free again
             return self.reserve_idempotency_key(tenant, key, body_sha256=body_sha256, job_id=job_id)
         earlier = json.loads(stored)
         return IdempotentRequest(body_sha256=earlier["body"], job_id=earlier["job"])
+
+    def confirm_idempotency_key(self, tenant: str, key: str) -> None:
+        """The request succeeded: replay it for IDEMPOTENCY_TTL_S."""
+        self._redis.expire(self._idempotency_key(tenant, key), self.idempotency_ttl_s)
 
     def release_idempotency_key(self, tenant: str, key: str) -> None:
         self._redis.delete(self._idempotency_key(tenant, key))

@@ -20,23 +20,17 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
-from api_schemas import JobStatus, Problem
+from api_schemas import JobStatus
 from api_schemas.problems import FieldError
 from service.blobs import BlobStore
-from service.errors import problem_type
+from service.problems import job_problem
 from service.records import GraphFiles, JobRecord, ResultRecord, SetInput, utc_now
 from service.retention import sweep_expired_graphs
 from service.settings import Settings, get_settings
 from service.store import ClaimOutcome, ProgressVerdict, Store
 from workers.arrayfiles import load_array
 from workers.celery_app import ANALYZE_SETS_TASK, app
-from workers.geometry import (
-    AnalysisCanceled,
-    EmbeddingSet,
-    InvalidInputError,
-    analyze,
-)
-from workers.geometry.analysis import Analysis
+from workers.geometry import Analysis, AnalysisCanceled, EmbeddingSet, InvalidInputError, analyze
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -70,26 +64,6 @@ def worker_runtime() -> WorkerRuntime:
         )
         _runtime_pid = os.getpid()
     return _runtime
-
-
-def _job_problem(
-    job_id: str,
-    *,
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    errors: list[FieldError] | None = None,
-) -> Problem:
-    """The `error` of a failed job, as the API shows it."""
-    return Problem(
-        type=problem_type(slug),
-        title=title,
-        status=status,
-        detail=detail,
-        instance=f"/v1/jobs/{job_id}",
-        errors=errors,
-    )
 
 
 class JobProgressReporter:
@@ -189,7 +163,7 @@ def run_job(job_id: str, tenant: str) -> None:
         logger.info("job %s already %s; nothing to do", job_id, job.status.value)
         return
     if claim.outcome is ClaimOutcome.exhausted:
-        problem = _job_problem(
+        problem = job_problem(
             job_id,
             status=500,
             title="Worker lost",
@@ -233,7 +207,7 @@ def run_job(job_id: str, tenant: str) -> None:
     except InvalidInputError as error:
         finish(
             JobStatus.failed,
-            error=_job_problem(
+            error=job_problem(
                 job_id,
                 status=422,
                 title="Invalid input",
@@ -245,7 +219,7 @@ def run_job(job_id: str, tenant: str) -> None:
     except SoftTimeLimitExceeded:
         finish(
             JobStatus.failed,
-            error=_job_problem(
+            error=job_problem(
                 job_id,
                 status=500,
                 title="Time limit exceeded",
@@ -259,7 +233,7 @@ def run_job(job_id: str, tenant: str) -> None:
         logger.exception("job %s of %s failed", job_id, tenant)
         finish(
             JobStatus.failed,
-            error=_job_problem(
+            error=job_problem(
                 job_id,
                 status=500,
                 title="Analysis failed",
@@ -291,7 +265,7 @@ class AnalysisRequest(Request):
             job,
             status=JobStatus.failed,
             now=utc_now(),
-            error=_job_problem(
+            error=job_problem(
                 job_id,
                 status=500,
                 title="Time limit exceeded",
