@@ -8,6 +8,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+import redis
 import scipy.sparse as sp
 
 from api_schemas import AnalysisParams, Report
@@ -20,6 +21,7 @@ from tests.integration.helpers import (
     upload,
     wait_for_status,
 )
+from tests.integration.stack import ServiceStack
 from workers.geometry import EmbeddingSet, analyze
 
 pytestmark = pytest.mark.integration
@@ -270,3 +272,44 @@ def test_openapi_documents_problem_responses(anonymous: httpx.Client) -> None:
     for path_item in schema["paths"].values():
         for operation in path_item.values():
             assert operation.get("summary"), operation
+
+
+def test_expired_results_answer_gone(
+    alpha: httpx.Client, alpha_digits: tuple[str, str], stack: ServiceStack
+) -> None:
+    job = submit(alpha, job_body(*alpha_digits, k=26)).json()
+    finished = wait_for_status(alpha, job["id"])
+    # Let the result's lifetime run out now (its key as documented in service/store.py).
+    client = redis.Redis.from_url(stack.redis_url)
+    assert client.delete(f"nnkgeo:t:alpha:result:{job['id']}") == 1
+
+    assert alpha.get(finished["links"]["self"]).json()["status"] == "succeeded"
+    for url in (
+        finished["links"]["report"],
+        finished["links"]["report_html"],
+        finished["links"]["graphs"]["digits"],
+    ):
+        assert_problem(alpha.get(url), 410)
+    # The cache entry pointed at the expired result: the same job is computed afresh.
+    again = submit(alpha, job_body(*alpha_digits, k=26)).json()
+    assert again["cached"] is False
+    assert wait_for_status(alpha, again["id"])["status"] == "succeeded"
+
+
+def test_cuda_jobs_go_to_the_gpu_queue(
+    alpha: httpx.Client, anonymous: httpx.Client, alpha_digits: tuple[str, str]
+) -> None:
+    def submitted_to_gpu() -> float:
+        metrics = anonymous.get("/metrics").text.splitlines()
+        line = next(
+            (m for m in metrics if m.startswith('nnkgeo_jobs_submitted_total{queue="gpu"}')), ""
+        )
+        return float(line.split()[-1]) if line else 0.0
+
+    before = submitted_to_gpu()
+    job = submit(alpha, job_body(*alpha_digits, k=27, device="cuda")).json()
+
+    # The test worker serves both queues; without a GPU the core runs on the CPU and says so.
+    finished = wait_for_status(alpha, job["id"])
+    assert finished["status"] == "succeeded"
+    assert submitted_to_gpu() == before + 1
