@@ -88,9 +88,6 @@ class BlobStore:
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.blob_dir / sha256[:2] / sha256
 
-    def exists(self, sha256: str) -> bool:
-        return self.path_of(sha256).is_file()
-
     def _open_staging(self, prefix: str) -> StagedBlob:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         descriptor, name = tempfile.mkstemp(dir=self.staging_dir, prefix=prefix, suffix=".part")

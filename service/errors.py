@@ -64,6 +64,19 @@ def not_found(what: str) -> ProblemError:
     return ProblemError(404, f"{what} not found.", slug="not-found")
 
 
+def media_type_of(content_type: str | None) -> str:
+    """`application/json; charset=utf-8` -> `application/json` ("" when absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def unsupported_media_type(*, expected: str, got: str | None) -> ProblemError:
+    return ProblemError(
+        415,
+        f"Send the body with Content-Type: {expected} (got {got or 'none'}).",
+        slug="unsupported-media-type",
+    )
+
+
 def invalid_input(errors: Iterable[FieldError], *, detail: str | None = None) -> ProblemError:
     errors = list(errors)
     return ProblemError(

@@ -49,7 +49,7 @@ class StoredArray(BaseModel):
     shape: list[int]
     dtype: str
     zero_rows: int | None = Field(
-        None, description="Rows that are all zeros (no cosine); None for non-float arrays."
+        None, description="All-zero rows of a 2-D float array (no cosine); None unless 2-D."
     )
 
 

@@ -240,10 +240,6 @@ class Store:
             idempotency_ttl_s=settings.idempotency_ttl_s,
         )
 
-    @property
-    def client(self) -> redis.Redis:
-        return self._redis
-
     def ping(self) -> bool:
         return bool(self._redis.ping())
 

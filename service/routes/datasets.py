@@ -11,7 +11,12 @@ from starlette.requests import ClientDisconnect
 from api_schemas import DatasetOut
 from api_schemas.datasets import DatasetFormat
 from service.deps import CurrentTenant, DatasetServiceDep
-from service.errors import ProblemError, problem_responses
+from service.errors import (
+    ProblemError,
+    media_type_of,
+    problem_responses,
+    unsupported_media_type,
+)
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -68,14 +73,8 @@ async def upload_dataset(
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
     content_length: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> DatasetOut:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != UPLOAD_MEDIA_TYPE:
-        raise ProblemError(
-            415,
-            f"Send the file as the raw body with Content-Type: {UPLOAD_MEDIA_TYPE} "
-            f"(got {content_type or 'none'}).",
-            slug="unsupported-media-type",
-        )
+    if media_type_of(content_type) != UPLOAD_MEDIA_TYPE:
+        raise unsupported_media_type(expected=UPLOAD_MEDIA_TYPE, got=content_type)
     upload = await datasets.upload(
         tenant=tenant,
         body=_body_chunks(request),

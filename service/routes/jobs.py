@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from api_schemas import JobCreate, JobList, JobOut, Report
 from service.deps import CurrentTenant, JobServiceDep
-from service.errors import ProblemError, problem_responses
+from service.errors import media_type_of, problem_responses, unsupported_media_type
 from service.html import CONTENT_SECURITY_POLICY, render_report_html
 from service.jobs import RETRY_AFTER_S, GraphKind
 
@@ -19,14 +19,12 @@ JobId = Annotated[str, Path(description="A job id, as returned when it was submi
 _CACHE_CONTROL = "private, max-age=0, must-revalidate"
 
 
-def require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None):
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+def require_json(
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    media_type = media_type_of(content_type)
     if not (media_type == "application/json" or media_type.endswith("+json")):
-        raise ProblemError(
-            415,
-            f"Send the job as JSON with Content-Type: application/json (got {content_type}).",
-            slug="unsupported-media-type",
-        )
+        raise unsupported_media_type(expected="application/json", got=content_type)
 
 
 def _job_headers(job: JobOut) -> dict[str, str]:
