@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -171,6 +172,17 @@ async def _handle_http_exception(request: Request, error: Exception) -> JSONResp
     return problem_response(problem, headers=error.headers)
 
 
+async def _handle_store_unavailable(request: Request, error: Exception) -> JSONResponse:
+    logger.error("Redis failed on %s %s: %s", request.method, request.url.path, error)
+    problem = ProblemError(
+        503,
+        "The job store is unavailable; retry shortly.",
+        slug="store-unavailable",
+        headers={"Retry-After": "5"},
+    )
+    return problem_response(problem.to_problem(instance=request.url.path), headers=problem.headers)
+
+
 async def _handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     problem = Problem(
@@ -188,6 +200,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInputError, _handle_invalid_input)
     app.add_exception_handler(RequestValidationError, _handle_request_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(redis.RedisError, _handle_store_unavailable)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 
