@@ -1,0 +1,320 @@
+"""Model and dataset references: jobs that name a model and data instead of embeddings.
+
+An ``embed`` job names a dataset, a model and the layers to read; a ``study`` job names
+a dataset and a family of models of growing size, trains each until it fits the
+training data, and compares the geometry of their embeddings (Shekkizhar & Ortega,
+GSP 2023). Every reference refuses unknown fields, and a reference that matches none of
+its forms is refused with a message listing the forms, so that a typo is a 422 naming
+the field rather than a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+UPLOAD_ID_FIELD = Field(min_length=1, max_length=128, description="Id of an uploaded dataset.")
+MAX_STUDY_MODELS = 16
+MAX_LAYERS = 64
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _reference_kind(keys: tuple[str, ...]):
+    """A discriminator picking the union member by which of ``keys`` the input holds."""
+
+    def kind(value: Any) -> str | None:
+        present = value if isinstance(value, dict) else vars(value) if value is not None else {}
+        for key in keys:
+            if present.get(key) is not None:
+                return key
+        return None
+
+    return kind
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class DatasetSplit(_Spec):
+    """A stratified train/test split, the same for the same seed and labels."""
+
+    test_fraction: float = Field(
+        0.25, gt=0.0, lt=1.0, description="Share of each class held out as the test set."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the split's permutation.")
+
+
+class BuiltinDataset(_Spec):
+    """A dataset shipped with the software: scikit-learn's digits (1797 8x8 images)."""
+
+    builtin: Literal["digits"]
+    layout: Literal["images", "vectors"] = Field(
+        "images",
+        description=(
+            "'images': N x 1 x 8 x 8; 'vectors': N x 64. Pixels are scaled to [0, 1]. The "
+            "built-in families accept either; an uploaded model gets what it was made for."
+        ),
+    )
+    split: DatasetSplit | None = None
+
+
+class UploadedDataset(_Spec):
+    """An uploaded npz or safetensors file holding inputs and labels."""
+
+    dataset: str = UPLOAD_ID_FIELD
+    inputs: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Array of inputs, N x F or N x C x H x W; default 'inputs'.",
+    )
+    labels: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Array of N integer or string labels; default 'labels'.",
+    )
+    split: DatasetSplit | None = None
+
+
+class DirectoryDataset(_Spec):
+    """A directory on the workers' file system, inside a root the operator allow-lists.
+
+    Image-folder layout: one sub-directory per class (its name is the label), one
+    ``.npy`` array per image (H x W or C x H x W).
+    """
+
+    path: str = Field(min_length=1, max_length=4096, description="Absolute path.")
+    split: DatasetSplit | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("path must be absolute (start with '/')")
+        return path
+
+
+DatasetSpec = Annotated[
+    Annotated[BuiltinDataset, Tag("builtin")]
+    | Annotated[UploadedDataset, Tag("dataset")]
+    | Annotated[DirectoryDataset, Tag("path")],
+    Discriminator(
+        _reference_kind(("builtin", "dataset", "path")),
+        custom_error_type="dataset_reference",
+        custom_error_message=(
+            "a dataset reference is {'builtin': 'digits'}, {'dataset': ID, 'inputs'?, "
+            "'labels'?} or {'path': '/absolute/dir'}, each with an optional 'split'"
+        ),
+    ),
+]
+"""One of the three ways to name a labelled dataset."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+class UploadedFile(_Spec):
+    """A file uploaded with ``POST /v1/datasets``, named by its dataset id."""
+
+    dataset: str = UPLOAD_ID_FIELD
+
+
+class MLPModel(_Spec):
+    """The built-in MLP: ``depth`` hidden layers of ``width`` ReLU units, then a linear head."""
+
+    family: Literal["mlp"]
+    depth: int = Field(2, ge=1, le=32, description="Number of hidden layers.")
+    width: int = Field(64, ge=1, le=16_384, description="Units per hidden layer.")
+    weights: UploadedFile | None = Field(
+        None, description="A safetensors state dict for exactly this architecture."
+    )
+
+
+class CNNModel(_Spec):
+    """The built-in small CNN: three 3x3 conv blocks (16, 32, 64 channels x multiplier)."""
+
+    family: Literal["cnn"]
+    width_multiplier: float = Field(1.0, gt=0.0, le=64.0, description="Scales every channel.")
+    weights: UploadedFile | None = Field(
+        None, description="A safetensors state dict for exactly this architecture."
+    )
+
+
+class TorchScriptModel(_Spec):
+    """An uploaded TorchScript archive (``torch.jit.save``)."""
+
+    torchscript: UploadedFile
+
+
+class ExportedModel(_Spec):
+    """An uploaded ``torch.export`` program (``torch.export.save``, ``.pt2``)."""
+
+    exported: UploadedFile
+
+
+FamilyModel = Annotated[MLPModel | CNNModel, Field(discriminator="family")]
+"""A built-in family, picked by ``family``."""
+
+ModelSpec = Annotated[
+    Annotated[FamilyModel, Tag("family")]
+    | Annotated[TorchScriptModel, Tag("torchscript")]
+    | Annotated[ExportedModel, Tag("exported")],
+    Discriminator(
+        _reference_kind(("family", "torchscript", "exported")),
+        custom_error_type="model_reference",
+        custom_error_message=(
+            "a model reference is {'family': 'mlp', 'depth', 'width'}, {'family': 'cnn', "
+            "'width_multiplier'} (each with optional 'weights': {'dataset': ID}), "
+            "{'torchscript': {'dataset': ID}} or {'exported': {'dataset': ID}}"
+        ),
+    ),
+]
+"""One of the ways to name a model: a built-in family, TorchScript, or torch.export."""
+
+
+# --------------------------------------------------------------------------- layers
+
+
+LayerSelection = (
+    Literal["all", "penultimate"]
+    | Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]],
+        Field(min_length=1, max_length=MAX_LAYERS),
+    ]
+)
+"""Module names (dotted, as ``named_modules`` lists them), or:
+
+- ``"all"``: the output of every direct child of the model, in forward order;
+- ``"penultimate"``: the input of the model's last ``Linear`` module.
+"""
+
+Pooling = Literal["avg", "flatten", "max"]
+"""How a convolutional map (N x C x ...) becomes a vector: global average, flatten, max."""
+
+
+def _check_layer_selection(layers: Any) -> Any:
+    """One clear message for a bad selection, instead of one per union member."""
+    if isinstance(layers, str) and layers not in ("all", "penultimate"):
+        raise ValueError(
+            f"layers is 'all', 'penultimate' or a list of module names, not {layers!r}; "
+            "to select one module, give a list of one name"
+        )
+    if isinstance(layers, list):
+        repeated = sorted({name for name in layers if layers.count(name) > 1})
+        if repeated:
+            raise ValueError(f"layer names must be unique; repeated: {', '.join(repeated)}")
+    return layers
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class EmbedSpec(_Spec):
+    """Embed a dataset with a model, one embedding set per selected layer."""
+
+    dataset: DatasetSpec
+    model: ModelSpec
+    layers: LayerSelection = "penultimate"
+    pooling: Pooling = "avg"
+    subset: Literal["all", "train", "test"] = Field(
+        "all",
+        description=(
+            "Which points to embed; 'train' and 'test' use the dataset's split (the "
+            "default split when it gives none)."
+        ),
+    )
+    batch_size: int = Field(256, ge=1, le=65_536, description="Points per forward pass.")
+
+    _layers = field_validator("layers", mode="before")(_check_layer_selection)
+
+
+class TrainConfig(_Spec):
+    """How each model of a study is trained: Adam on cross-entropy, until it fits."""
+
+    max_epochs: int = Field(500, ge=1, le=100_000)
+    seed: int = Field(0, ge=0, description="Seeds the initial weights and the batch order.")
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
+    batch_size: int = Field(
+        64, ge=1, le=1_000_000, description="Minibatch size; at least N means full batch."
+    )
+
+
+class MLPWidths(_Spec):
+    """MLPs of one depth and growing width."""
+
+    family: Literal["mlp"]
+    depth: int = Field(2, ge=1, le=32)
+    widths: list[Annotated[int, Field(ge=1, le=16_384)]] = Field(
+        min_length=1, max_length=MAX_STUDY_MODELS
+    )
+
+    @field_validator("widths")
+    @classmethod
+    def _distinct(cls, widths: list[int]) -> list[int]:
+        if len(set(widths)) != len(widths):
+            raise ValueError("widths must be distinct")
+        return widths
+
+
+class CNNWidths(_Spec):
+    """Small CNNs of growing width multiplier."""
+
+    family: Literal["cnn"]
+    width_multipliers: list[Annotated[float, Field(gt=0.0, le=64.0)]] = Field(
+        min_length=1, max_length=MAX_STUDY_MODELS
+    )
+
+    @field_validator("width_multipliers")
+    @classmethod
+    def _distinct(cls, multipliers: list[float]) -> list[float]:
+        if len(set(multipliers)) != len(multipliers):
+            raise ValueError("width_multipliers must be distinct")
+        return multipliers
+
+
+StudyModels = Annotated[MLPWidths | CNNWidths, Field(discriminator="family")]
+
+
+class StudySpec(_Spec):
+    """Models of growing size, each trained until it fits, compared by their geometry.
+
+    The models are trained and reported in size order (smallest first), whatever the
+    order of ``widths``. Each model is embedded on its training set: the geometry the
+    paper relates to generalisation is that of the data the model has fitted. Test
+    accuracy is measured on the held-out split (the default split when the dataset
+    gives none).
+    """
+
+    kind: Literal["width"] = "width"
+    dataset: DatasetSpec
+    model: StudyModels
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    layers: LayerSelection = "penultimate"
+    pooling: Pooling = "avg"
+    batch_size: int = Field(256, ge=1, le=65_536, description="Points per forward pass.")
+
+    _layers = field_validator("layers", mode="before")(_check_layer_selection)
+
+    @model_validator(mode="after")
+    def _sets_fit_in_one_job(self) -> StudySpec:
+        n_models = len(
+            self.model.widths if isinstance(self.model, MLPWidths) else self.model.width_multipliers
+        )
+        if isinstance(self.layers, list) and n_models * len(self.layers) > MAX_LAYERS:
+            raise ValueError(
+                f"{n_models} models x {len(self.layers)} layers is more than {MAX_LAYERS} sets"
+            )
+        return self
