@@ -152,6 +152,189 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str, kind: type, option: str) -> list:
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise CliError(
+            f"{option}: expected a comma-separated list of numbers, got {text!r}"
+        ) from None
+
+
+def _study_dataset(args: argparse.Namespace) -> tuple[dict, Path | None]:
+    """The dataset reference for ``--dataset``, and the local file or folder it names."""
+    split = {"test_fraction": args.test_fraction, "seed": args.split_seed}
+    if args.dataset == "digits":
+        return {"builtin": "digits", "layout": args.layout, "split": split}, None
+    path = Path(args.dataset).resolve()
+    if path.is_dir():
+        return {"path": str(path), "split": split}, path
+    if path.is_file():
+        reference = {"dataset": path.name[:128] or "file", "split": split}
+        reference.update({"inputs": args.inputs, "labels": args.labels_array})
+        return reference, path
+    raise CliError(f"--dataset: not 'digits', a file or a directory: {args.dataset}")
+
+
+def _study_spec(args: argparse.Namespace):
+    from api_schemas.models import StudySpec
+
+    dataset, local_path = _study_dataset(args)
+    if args.family == "mlp":
+        if not args.widths:
+            raise CliError("--widths is required with --family mlp")
+        model = {
+            "family": "mlp",
+            "depth": args.depth,
+            "widths": _comma_list(args.widths, int, "--widths"),
+        }
+    else:
+        if not args.width_multipliers:
+            raise CliError("--width-multipliers is required with --family cnn")
+        model = {
+            "family": "cnn",
+            "width_multipliers": _comma_list(args.width_multipliers, float, "--width-multipliers"),
+        }
+    layers = args.layers if args.layers in ("all", "penultimate") else args.layers.split(",")
+    try:
+        spec = StudySpec(
+            dataset=dataset,
+            model=model,
+            train={
+                "max_epochs": args.max_epochs,
+                "seed": args.seed,
+                "lr": args.lr,
+                "batch_size": args.batch_size,
+            },
+            layers=layers,
+            pooling=args.pooling,
+        )
+    except ValidationError as error:
+        raise CliError(_validation_problems(error)) from error
+    return spec, local_path
+
+
+def _validation_problems(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc'])) or 'study'}: {item['msg']}" for item in error.errors()
+    )
+
+
+def _study(args: argparse.Namespace) -> int:
+    """Train the study's models, embed their training sets, analyse, write the report."""
+    from workers.geometry import InvalidInputError, analyze
+    from workers.models import load_dataset, run_study
+
+    spec, local_path = _study_spec(args)
+    try:
+        params = AnalysisParams(
+            k=args.k, kernel=args.kernel, knn=args.knn, solver=args.solver, device=args.device
+        )
+    except ValidationError as error:
+        raise CliError(_validation_problems(error)) from error
+    progress = _Progress(quiet=args.quiet)
+    started = time.perf_counter()
+    try:
+        data = load_dataset(
+            spec.dataset,
+            locate_upload=lambda _dataset_id: local_path,
+            data_roots=[] if local_path is None else [local_path],
+        )
+        sets = run_study(spec, dataset=data, params=params, device=args.device, progress=progress)
+        result = analyze(sets, params=params, progress=progress)
+    except InvalidInputError as error:
+        raise CliError(str(error)) from error
+    finally:
+        progress.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.report.model_dump_json(indent=2))
+    if args.embeddings_out:
+        embeddings_out = Path(args.embeddings_out)
+        embeddings_out.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for embedding_set in sets:
+            arrays[f"{embedding_set.name}.embeddings"] = embedding_set.embeddings
+            arrays[f"{embedding_set.name}.labels"] = embedding_set.labels
+            arrays[f"{embedding_set.name}.ids"] = embedding_set.ids
+        np.savez(embeddings_out, **arrays)
+    if not args.quiet:
+        _print_study_table(result.report, seconds=time.perf_counter() - started)
+    return 0
+
+
+def _print_study_table(report, *, seconds: float) -> None:
+    header = (
+        f"{'set':<28} {'params':>8} {'epochs':>6} {'train':>6} {'test':>6} {'degree':>6} "
+        f"{'nnk_w':>6} {'nnk_u':>6} {'knn_u':>6} {'pure':>6} {'regime':<17}"
+    )
+    print(header, file=sys.stderr)
+    for set_report in report.sets:
+        extra = set_report.extra
+        print(
+            f"{set_report.name:<28} {extra.get('parameters', ''):>8} {extra.get('epochs', ''):>6} "
+            f"{extra.get('train_accuracy', float('nan')):>6.3f} "
+            f"{extra.get('test_accuracy') or float('nan'):>6.3f} "
+            f"{set_report.nnk_degree.mean:>6.2f} {set_report.loo_error.nnk_weighted:>6.3f} "
+            f"{set_report.loo_error.nnk_unweighted:>6.3f} "
+            f"{set_report.loo_error.knn_unweighted:>6.3f} "
+            f"{set_report.homogeneity.pure_patch_fraction:>6.3f} {set_report.regime:<17}",
+            file=sys.stderr,
+        )
+    print(f"study and analysis took {seconds:.1f} s", file=sys.stderr)
+
+
+def _add_study_parser(commands) -> None:
+    study = commands.add_parser(
+        "study",
+        help="train models of growing size and compare their embeddings (no server)",
+        description=(
+            "The model-size study of Shekkizhar & Ortega (GSP 2023), in-process: train each "
+            "model until it fits its training set (or --max-epochs), embed the training set "
+            "at the chosen layers, analyse every set and write the JSON report, whose "
+            "comparison runs over the models in size order."
+        ),
+    )
+    study.add_argument(
+        "--dataset",
+        required=True,
+        help="'digits' (scikit-learn's, bundled), an npz/safetensors file with inputs and "
+        "labels, or an image folder (one sub-directory of .npy images per class)",
+    )
+    study.add_argument("--inputs", help="inputs array in the dataset file (default 'inputs')")
+    study.add_argument(
+        "--labels-array", dest="labels_array", help="labels array in the file (default 'labels')"
+    )
+    study.add_argument("--layout", choices=["images", "vectors"], default="images")
+    study.add_argument("--test-fraction", type=float, default=0.25)
+    study.add_argument("--split-seed", type=int, default=0)
+    study.add_argument("--family", choices=["mlp", "cnn"], default="mlp")
+    study.add_argument("--depth", type=int, default=2, help="MLP hidden layers (default 2)")
+    study.add_argument("--widths", help="MLP widths, comma-separated: 8,32,128,512")
+    study.add_argument("--width-multipliers", help="CNN width multipliers: 0.25,0.5,1,2")
+    study.add_argument(
+        "--layers",
+        default="penultimate",
+        help="'penultimate', 'all', or module names, comma-separated (default penultimate)",
+    )
+    study.add_argument("--pooling", choices=["avg", "flatten", "max"], default="avg")
+    study.add_argument("--max-epochs", type=int, default=500)
+    study.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    study.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    study.add_argument("--batch-size", type=int, default=64)
+    study.add_argument("--k", type=int, default=50, help="candidates per point (default 50)")
+    study.add_argument("--kernel", choices=["cosine", "gaussian"], default="cosine")
+    study.add_argument("--knn", choices=["exact", "approximate"], default="exact")
+    study.add_argument("--solver", choices=["exact", "authors"], default="exact")
+    study.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    study.add_argument("--out", required=True, help="where to write report.json")
+    study.add_argument(
+        "--embeddings-out", help="also save each set's embeddings, labels and ids (.npz)"
+    )
+    study.add_argument("--quiet", action="store_true", help="no progress or table")
+    study.set_defaults(handler=_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnkgeo", description="Geometry of embeddings with NNK graphs."
@@ -194,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--directed-graph", help="write the directed graph W (scipy .npz)")
     analyze.add_argument("--quiet", action="store_true", help="no progress or summary")
     analyze.set_defaults(handler=_analyze)
+    _add_study_parser(commands)
     return parser
 
 
