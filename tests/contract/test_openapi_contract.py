@@ -11,8 +11,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
+from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -32,7 +33,7 @@ CHECKS = [
 ]
 
 
-def _exercise(operation, mode: GenerationMode, base_url: str) -> None:
+def _exercise(operation: APIOperation, mode: GenerationMode, base_url: str) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=EXAMPLES_PER_OPERATION,
@@ -40,7 +41,7 @@ def _exercise(operation, mode: GenerationMode, base_url: str) -> None:
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    def exercise(case) -> None:
+    def exercise(case: Case) -> None:
         case.call_and_validate(
             base_url=base_url,
             headers={"Authorization": f"Bearer {TENANT_KEYS['alpha']}"},

@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -36,7 +38,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(condition, *, timeout_s: float, interval_s: float = 0.1, what: str) -> None:
+def wait_until(
+    condition: Callable[[], object], *, timeout_s: float, interval_s: float = 0.1, what: str
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
@@ -233,6 +237,6 @@ class ServiceStack:
             if process is not None:
                 process.stop()
 
-    def client(self, tenant: str | None = "alpha", **kwargs) -> httpx.Client:
+    def client(self, tenant: str | None = "alpha", **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"} if tenant else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60, **kwargs)

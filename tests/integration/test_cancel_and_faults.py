@@ -24,7 +24,7 @@ from tests.integration.helpers import (
     wait_for_status,
 )
 from tests.integration.stack import ServiceStack, wait_until
-from workers.geometry import EmbeddingSet, analyze
+from workers.geometry import Analysis, EmbeddingSet, analyze
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,7 @@ def test_a_dataset_read_by_an_unfinished_job_cannot_be_deleted(
     wait_for_status(alpha, busy_id, timeout_s=30)
 
 
-def _expected_analysis(digits: tuple[np.ndarray, np.ndarray], k: int):
+def _expected_analysis(digits: tuple[np.ndarray, np.ndarray], k: int) -> Analysis:
     embeddings, labels = digits
     return analyze([EmbeddingSet("digits", embeddings, labels)], params=AnalysisParams(k=k))
 
@@ -134,7 +134,7 @@ def _assert_finished_once_and_correct(
     job_id: str,
     *,
     succeeded_before: int,
-    expected,
+    expected: Analysis,
 ) -> None:
     final = wait_for_status(alpha, job_id, timeout_s=90)
     assert final["status"] == "succeeded", final

@@ -22,7 +22,7 @@ from tests.integration.helpers import (
     wait_for_status,
 )
 from tests.integration.stack import ServiceStack
-from workers.geometry import EmbeddingSet, analyze
+from workers.geometry import Analysis, EmbeddingSet, analyze
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ WALKTHROUGH_PARAMS = {"k": 30}
 
 
 @pytest.fixture(scope="module")
-def in_process(digits: tuple[np.ndarray, np.ndarray]):
+def in_process(digits: tuple[np.ndarray, np.ndarray]) -> Analysis:
     embeddings, labels = digits
     return analyze(
         [EmbeddingSet("digits", embeddings, labels)], params=AnalysisParams(**WALKTHROUGH_PARAMS)
@@ -81,7 +81,7 @@ def test_submitted_job_is_queued_with_location_and_retry_after(
 
 
 def test_report_equals_the_in_process_engine(
-    alpha: httpx.Client, finished_job: dict, in_process
+    alpha: httpx.Client, finished_job: dict, in_process: Analysis
 ) -> None:
     assert finished_job["status"] == "succeeded", finished_job
     assert finished_job["progress"] == {"stage": "succeeded", "fraction": 1.0}
@@ -111,7 +111,7 @@ def test_report_etag_gives_not_modified(alpha: httpx.Client, finished_job: dict)
 
 @pytest.mark.parametrize("kind", ["symmetric", "directed"])
 def test_graph_download_equals_the_in_process_graph(
-    alpha: httpx.Client, finished_job: dict, in_process, kind: str
+    alpha: httpx.Client, finished_job: dict, in_process: Analysis, kind: str
 ) -> None:
     response = alpha.get(f"{finished_job['links']['graphs']['digits']}?kind={kind}")
 
