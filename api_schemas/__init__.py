@@ -5,6 +5,7 @@ client can depend on it without pulling in FastAPI, Celery, torch or numpy.
 """
 
 from api_schemas.datasets import ArrayInfo, DatasetOut, DatasetRef
+from api_schemas.health import Health, Readiness
 from api_schemas.jobs import (
     EmbeddingSetSpec,
     JobCreate,
@@ -44,6 +45,7 @@ __all__ = [
     "DegreeStats",
     "EmbeddingSetSpec",
     "GraphStats",
+    "Health",
     "Homogeneity",
     "IntrinsicDimension",
     "JobCreate",
@@ -56,6 +58,7 @@ __all__ = [
     "LooError",
     "Problem",
     "QuantileStats",
+    "Readiness",
     "Report",
     "SetReport",
     "Suspect",

@@ -18,7 +18,8 @@ import torch
 
 Metric = Literal["cosine", "euclidean"]
 
-_QUERY_BLOCK = 16_384
+# Small enough that progress (and so a cooperative cancel) comes every second or so.
+_QUERY_BLOCK = 4_096
 _RECALL_SAMPLE = 1_000
 _RECALL_TARGET = 0.95
 

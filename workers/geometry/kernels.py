@@ -27,7 +27,8 @@ def kernel_vectors(embeddings: np.ndarray, *, kernel: Kernel, device: str = "cpu
 
     Converted once per set, so that the per-block work is gathers and products only.
     """
-    vectors = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64, device=device)
+    # A copy: the input may be a read-only memory map, which torch cannot wrap.
+    vectors = torch.from_numpy(np.array(embeddings, dtype=np.float64)).to(device)
     if kernel == "cosine":
         vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
     return vectors
