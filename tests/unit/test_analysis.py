@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -137,3 +139,34 @@ def test_report_round_trips_through_json_and_its_schema():
     assert Report.model_validate_json(text) == result.report
     schema = Report.model_json_schema()
     assert {"sets", "algorithm_version", "params"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("knn", ["exact", "approximate"])
+def test_shards_of_rows_join_into_the_unsharded_graph_bit_for_bit(knn):
+    from workers.geometry.analysis import (
+        SHARD_ALIGNMENT,
+        NNKGraph,
+        build_approximate_index_for,
+        build_nnk_graph,
+        measure_set,
+    )
+
+    points = _points(3 * SHARD_ALIGNMENT + 123, 10, seed=7)
+    labels = np.arange(points.shape[0]) % 4
+    params = AnalysisParams(k=12, knn=knn)
+    index = build_approximate_index_for(points, params=params) if knn == "approximate" else None
+    whole = build_nnk_graph(points, params=params, index=index)
+    bounds = [0, SHARD_ALIGNMENT, 3 * SHARD_ALIGNMENT, points.shape[0]]
+    shards = [
+        build_nnk_graph(points, params=params, rows=(start, stop), index=index)
+        for start, stop in itertools.pairwise(bounds)
+    ]
+    joined = NNKGraph.concatenate(shards[::-1])
+    for field in ("candidate_indices", "weights", "query_kernel", "reconstruction_error"):
+        np.testing.assert_array_equal(getattr(joined, field), getattr(whole, field))
+    embedding_set = EmbeddingSet("s", points, labels)
+    from_shards = measure_set(embedding_set, joined, params=params).report
+    from_whole = analyze_set(embedding_set, params=params).report
+    assert from_shards.model_dump(exclude={"timings"}) == from_whole.model_dump(exclude={"timings"})
+    with pytest.raises(ValueError, match="uncovered"):
+        NNKGraph.concatenate([shards[0], shards[2]])

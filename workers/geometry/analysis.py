@@ -29,7 +29,13 @@ from api_schemas import (
     Timings,
 )
 from workers.geometry import metrics
-from workers.geometry.candidates import find_candidates, prepare_vectors
+from workers.geometry.candidates import (
+    ApproximateIndex,
+    Metric,
+    build_approximate_index,
+    find_candidates,
+    prepare_vectors,
+)
 from workers.geometry.graph import directed_graph, symmetric_graph
 from workers.geometry.intrinsic_dimension import estimate_intrinsic_dimension
 from workers.geometry.kernels import candidate_kernels, kernel_vectors
@@ -42,6 +48,11 @@ ProgressCallback = Callable[[str, float], None]
 """Called as ``progress(stage, fraction)``; may raise AnalysisCanceled to stop the run."""
 
 _SOLVE_BLOCK = 2048
+# A GPU wants big batches; its memory holds 32k (k x k) float64 systems with ease.
+_GPU_SOLVE_BLOCK = 32_768
+# Shards that start at multiples of this give results bit-identical to an unsharded run
+# (the same faiss query blocks and solve blocks).
+SHARD_ALIGNMENT = 4096
 # Rough share of a set's run time per stage (exact kNN dominates on a CPU), so that
 # progress fractions advance evenly.
 _STAGE_SHARE = {"knn": (0.0, 0.5), "solve": (0.5, 0.35), "metrics": (0.85, 0.15)}
@@ -72,7 +83,11 @@ class EmbeddingSet:
 
 @dataclass(frozen=True)
 class NNKGraph:
-    """The NNK solve of every point, before any label is looked at."""
+    """The NNK solve of a run of points (all of a set, or one shard's rows).
+
+    Row r of every array belongs to point ``first_row + r``; candidate indices are
+    global point indices.
+    """
 
     candidate_indices: np.ndarray
     weights: np.ndarray
@@ -83,6 +98,28 @@ class NNKGraph:
     knn_recall_sample: int | None
     knn_s: float
     solve_s: float
+    first_row: int = 0
+
+    @classmethod
+    def concatenate(cls, shards: Sequence[NNKGraph]) -> NNKGraph:
+        """Join shards that cover consecutive rows into the graph of the whole set."""
+        ordered = sorted(shards, key=lambda shard: shard.first_row)
+        expected = 0
+        for shard in ordered:
+            if shard.first_row != expected:
+                raise ValueError(f"shards leave rows {expected}..{shard.first_row} uncovered")
+            expected += shard.weights.shape[0]
+        return cls(
+            candidate_indices=np.concatenate([s.candidate_indices for s in ordered]),
+            weights=np.concatenate([s.weights for s in ordered]),
+            query_kernel=np.concatenate([s.query_kernel for s in ordered]),
+            valid=np.concatenate([s.valid for s in ordered]),
+            reconstruction_error=np.concatenate([s.reconstruction_error for s in ordered]),
+            knn_recall=ordered[0].knn_recall,
+            knn_recall_sample=ordered[0].knn_recall_sample,
+            knn_s=sum(s.knn_s for s in ordered),
+            solve_s=sum(s.solve_s for s in ordered),
+        )
 
 
 @dataclass(frozen=True)
@@ -135,6 +172,21 @@ def _single_threaded_torch():
         torch.set_num_threads(previous)
 
 
+def metric_of(params: AnalysisParams) -> Metric:
+    """The neighbour metric whose nearest points are the kernel's largest values."""
+    return "cosine" if params.kernel == "cosine" else "euclidean"
+
+
+def build_approximate_index_for(
+    embeddings: np.ndarray, *, params: AnalysisParams
+) -> ApproximateIndex:
+    """The approximate index of a set, built once and shared by the shards of a job."""
+    metric = metric_of(params)
+    return build_approximate_index(
+        prepare_vectors(embeddings, metric=metric), params.k, metric=metric, seed=params.seed
+    )
+
+
 def build_nnk_graph(
     embeddings: np.ndarray,
     *,
@@ -142,10 +194,30 @@ def build_nnk_graph(
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     n_threads: int | None = None,
+    rows: tuple[int, int] | None = None,
+    index: ApproximateIndex | None = None,
 ) -> NNKGraph:
-    """Candidates, kernels and the NNK solve for every point of one set."""
+    """Candidates, kernels and the NNK solve for the points of one set.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_points, dim), float32
+    params : AnalysisParams
+    device : {"cpu", "cuda"}
+    progress : callable, optional
+        ``progress(stage, fraction)`` with stages "knn" and "solve".
+    n_threads : int, optional
+        CPU threads solving blocks side by side; default one per core.
+    rows : (start, stop), optional
+        Only these points' neighbourhoods (a shard of a job); candidates are still
+        searched among all points. Shards that start at multiples of
+        :data:`SHARD_ALIGNMENT` give bit-identical results to an unsharded run.
+    index : ApproximateIndex, optional
+        For ``knn="approximate"``: a prebuilt index (shared by shards).
+    """
     report = progress or (lambda stage, fraction: None)
-    metric = "cosine" if params.kernel == "cosine" else "euclidean"
+    metric = metric_of(params)
+    first, last = rows or (0, embeddings.shape[0])
     started = time.perf_counter()
     report("knn", 0.0)
     candidates = find_candidates(
@@ -156,22 +228,25 @@ def build_nnk_graph(
         backend="torch" if device == "cuda" else "faiss",
         device=device,
         seed=params.seed,
+        rows=(first, last),
+        index=index,
         progress=lambda fraction: report("knn", fraction),
     )
     knn_s = time.perf_counter() - started
 
     started = time.perf_counter()
     vectors = kernel_vectors(embeddings, kernel=params.kernel, device=device)
-    n_points, k = candidates.indices.shape
-    weights = np.empty((n_points, k))
-    query_kernel = np.empty((n_points, k))
-    reconstruction_error = np.empty(n_points)
+    n_rows, k = candidates.indices.shape
+    weights = np.empty((n_rows, k))
+    query_kernel = np.empty((n_rows, k))
+    reconstruction_error = np.empty(n_rows)
+    block = _GPU_SOLVE_BLOCK if device == "cuda" else _SOLVE_BLOCK
 
     def solve_block(start: int) -> int:
-        stop = min(start + _SOLVE_BLOCK, n_points)
+        stop = min(start + block, n_rows)
         gram, rhs = candidate_kernels(
             vectors,
-            np.arange(start, stop),
+            np.arange(first + start, first + stop),
             candidates.indices[start:stop],
             kernel=params.kernel,
             sigma=params.sigma,
@@ -184,15 +259,14 @@ def build_nnk_graph(
         return stop - start
 
     report("solve", 0.0)
-    starts = range(0, n_points, _SOLVE_BLOCK)
     workers = 1 if device == "cuda" else (n_threads or os.cpu_count() or 1)
     done = 0
     with _single_threaded_torch(), ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = [pool.submit(solve_block, start) for start in starts]
+        pending = [pool.submit(solve_block, start) for start in range(0, n_rows, block)]
         try:
             for future in pending:
                 done += future.result()
-                report("solve", done / n_points)
+                report("solve", done / max(n_rows, 1))
         finally:
             for future in pending:
                 future.cancel()
@@ -211,6 +285,7 @@ def build_nnk_graph(
         knn_recall_sample=candidates.recall_sample,
         knn_s=knn_s,
         solve_s=time.perf_counter() - started,
+        first_row=first,
     )
 
 
@@ -248,16 +323,36 @@ def analyze_set(
         The set's report, the directed graph W and the symmetric graph A (CSR).
     """
     validate_set(embedding_set, params=params)
-    report = progress or (lambda stage, fraction: None)
-    set_warnings: list[str] = []
     device, device_warning = resolve_device(params.device)
-    if device_warning:
-        set_warnings.append(device_warning)
     embeddings = np.ascontiguousarray(embedding_set.embeddings, dtype=np.float32)
     nnk = build_nnk_graph(
         embeddings, params=params, device=device, progress=progress, n_threads=n_threads
     )
+    return measure_set(
+        embedding_set,
+        nnk,
+        params=params,
+        progress=progress,
+        warnings=[device_warning] if device_warning else [],
+    )
 
+
+def measure_set(
+    embedding_set: EmbeddingSet,
+    nnk: NNKGraph,
+    *,
+    params: AnalysisParams,
+    progress: ProgressCallback | None = None,
+    warnings: Sequence[str] = (),
+) -> SetAnalysis:
+    """Graphs, metrics and the set's report from a finished NNK solve of all its points.
+
+    The second half of :func:`analyze_set`; a sharded job calls it once its shards'
+    graphs are joined with :meth:`NNKGraph.concatenate`.
+    """
+    report = progress or (lambda stage, fraction: None)
+    set_warnings = list(warnings)
+    embeddings = np.asarray(embedding_set.embeddings)
     report("metrics", 0.0)
     started = time.perf_counter()
     directed = directed_graph(nnk.candidate_indices, nnk.weights)

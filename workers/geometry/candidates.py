@@ -68,19 +68,27 @@ def _drop_self(
 
 
 def _faiss_search(
-    index: faiss.Index, vectors: np.ndarray, k: int, *, query_block: int, progress=None
+    index: faiss.Index,
+    vectors: np.ndarray,
+    k: int,
+    *,
+    rows: tuple[int, int],
+    query_block: int,
+    progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    n_points = vectors.shape[0]
-    indices = np.empty((n_points, k), dtype=np.int64)
-    scores = np.empty((n_points, k), dtype=np.float32)
-    for start in range(0, n_points, query_block):
-        stop = min(start + query_block, n_points)
+    first, last = rows
+    indices = np.empty((last - first, k), dtype=np.int64)
+    scores = np.empty((last - first, k), dtype=np.float32)
+    # A shard whose rows start at a multiple of query_block runs the same BLAS shapes
+    # as the whole set, and so finds bit-identical neighbours.
+    for start in range(first, last, query_block):
+        stop = min(start + query_block, last)
         block_scores, block_indices = index.search(vectors[start:stop], k + 1)
-        indices[start:stop], scores[start:stop] = _drop_self(
+        indices[start - first : stop - first], scores[start - first : stop - first] = _drop_self(
             block_indices, block_scores, np.arange(start, stop), k
         )
         if progress is not None:
-            progress(stop / n_points)
+            progress((stop - first) / (last - first))
     return indices, scores
 
 
@@ -96,16 +104,25 @@ def exact_candidates(
     k: int,
     *,
     metric: Metric,
+    rows: tuple[int, int] | None = None,
     query_block: int = _QUERY_BLOCK,
     progress=None,
 ) -> Candidates:
-    """Exact k nearest neighbours of every point with a faiss flat index.
+    """Exact k nearest neighbours with a faiss flat index.
 
     Memory stays O(N * (d + k)): the index holds the vectors once, and queries run
-    in blocks of ``query_block`` rows.
+    in blocks of ``query_block`` rows. ``rows = (start, stop)`` searches only those
+    queries (against all points), for one shard of a job.
     """
     index = _flat_index(vectors, metric)
-    indices, scores = _faiss_search(index, vectors, k, query_block=query_block, progress=progress)
+    indices, scores = _faiss_search(
+        index,
+        vectors,
+        k,
+        rows=rows or (0, vectors.shape[0]),
+        query_block=query_block,
+        progress=progress,
+    )
     return Candidates(indices=indices, scores=scores)
 
 
@@ -123,21 +140,34 @@ def _recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
-def approximate_candidates(
+@dataclass(frozen=True)
+class ApproximateIndex:
+    """A faiss HNSW index tuned to a recall target, serialisable for other processes."""
+
+    index_bytes: bytes
+    ef_search: int
+    recall: float
+    recall_sample: int
+
+    def load(self) -> faiss.Index:
+        index = faiss.deserialize_index(np.frombuffer(self.index_bytes, dtype=np.uint8))
+        index.hnsw.efSearch = self.ef_search
+        return index
+
+
+def build_approximate_index(
     vectors: np.ndarray,
     k: int,
     *,
     metric: Metric,
     seed: int = 0,
     recall_target: float = _RECALL_TARGET,
-    query_block: int = _QUERY_BLOCK,
-    progress=None,
-) -> Candidates:
-    """Approximate k nearest neighbours with a faiss HNSW index, recall measured.
+) -> ApproximateIndex:
+    """Build a faiss HNSW index and tune its search breadth to a measured recall@k.
 
-    The search breadth ``efSearch`` starts at ``max(2k, 64)`` and doubles until the
-    recall@k measured on a sample of queries (against exact search of those queries)
-    reaches ``recall_target``, so the reported recall is what the graph was built with.
+    ``efSearch`` starts at ``max(2k, 64)`` and doubles until the recall@k measured on a
+    sample of queries (against exact search of those queries) reaches
+    ``recall_target``, so the reported recall is what the graph is built with.
     """
     n_points, dim = vectors.shape
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
@@ -148,7 +178,6 @@ def approximate_candidates(
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n_points, size=min(_RECALL_SAMPLE, n_points), replace=False))
     exact_sample = neighbours_of(vectors, sample, k, metric=metric)
-
     ef_search = max(2 * k, 64)
     while True:
         index.hnsw.efSearch = ef_search
@@ -157,8 +186,38 @@ def approximate_candidates(
         if recall >= recall_target or ef_search >= 4096:
             break
         ef_search *= 2
-    indices, scores = _faiss_search(index, vectors, k, query_block=query_block, progress=progress)
-    return Candidates(indices=indices, scores=scores, recall=recall, recall_sample=sample.size)
+    return ApproximateIndex(
+        index_bytes=faiss.serialize_index(index).tobytes(),
+        ef_search=ef_search,
+        recall=recall,
+        recall_sample=int(sample.size),
+    )
+
+
+def approximate_candidates(
+    vectors: np.ndarray,
+    k: int,
+    *,
+    metric: Metric,
+    seed: int = 0,
+    index: ApproximateIndex | None = None,
+    rows: tuple[int, int] | None = None,
+    query_block: int = _QUERY_BLOCK,
+    progress=None,
+) -> Candidates:
+    """Approximate k nearest neighbours from an HNSW index (built here unless given)."""
+    index = index or build_approximate_index(vectors, k, metric=metric, seed=seed)
+    indices, scores = _faiss_search(
+        index.load(),
+        vectors,
+        k,
+        rows=rows or (0, vectors.shape[0]),
+        query_block=query_block,
+        progress=progress,
+    )
+    return Candidates(
+        indices=indices, scores=scores, recall=index.recall, recall_sample=index.recall_sample
+    )
 
 
 def torch_candidates(
@@ -167,6 +226,7 @@ def torch_candidates(
     *,
     metric: Metric,
     device: str | torch.device = "cpu",
+    rows: tuple[int, int] | None = None,
     query_block: int = 8_192,
     column_block: int = 65_536,
     progress=None,
@@ -182,10 +242,11 @@ def torch_candidates(
     n_points = data.shape[0]
     squared_norms = (data * data).sum(dim=1) if metric == "euclidean" else None
     keep = k + 1
-    indices = np.empty((n_points, k), dtype=np.int64)
-    scores = np.empty((n_points, k), dtype=np.float32)
-    for q_start in range(0, n_points, query_block):
-        q_stop = min(q_start + query_block, n_points)
+    first, last = rows or (0, n_points)
+    indices = np.empty((last - first, k), dtype=np.int64)
+    scores = np.empty((last - first, k), dtype=np.float32)
+    for q_start in range(first, last, query_block):
+        q_stop = min(q_start + query_block, last)
         queries = data[q_start:q_stop]
         best_scores = torch.full((q_stop - q_start, 0), 0.0, device=data.device)
         best_indices = torch.empty((q_stop - q_start, 0), dtype=torch.int64, device=data.device)
@@ -206,10 +267,10 @@ def torch_candidates(
         block_indices, block_scores = _drop_self(
             best_indices.cpu().numpy(), best_scores.cpu().numpy(), np.arange(q_start, q_stop), k
         )
-        indices[q_start:q_stop] = block_indices
-        scores[q_start:q_stop] = block_scores
+        indices[q_start - first : q_stop - first] = block_indices
+        scores[q_start - first : q_stop - first] = block_scores
         if progress is not None:
-            progress(q_stop / n_points)
+            progress((q_stop - first) / (last - first))
     return Candidates(indices=indices, scores=scores)
 
 
@@ -222,11 +283,21 @@ def find_candidates(
     backend: Literal["faiss", "torch"] = "faiss",
     device: str = "cpu",
     seed: int = 0,
+    rows: tuple[int, int] | None = None,
+    index: ApproximateIndex | None = None,
     progress=None,
 ) -> Candidates:
-    """Dispatch to the exact, approximate or torch search; ``vectors`` from prepare_vectors."""
+    """Dispatch to the exact, approximate or torch search; ``vectors`` from prepare_vectors.
+
+    ``rows = (start, stop)`` limits the queries to those rows (searched against all
+    points); ``index`` is a prebuilt approximate index, shared by the shards of a job.
+    """
     if method == "approximate":
-        return approximate_candidates(vectors, k, metric=metric, seed=seed, progress=progress)
+        return approximate_candidates(
+            vectors, k, metric=metric, seed=seed, index=index, rows=rows, progress=progress
+        )
     if backend == "torch":
-        return torch_candidates(vectors, k, metric=metric, device=device, progress=progress)
-    return exact_candidates(vectors, k, metric=metric, progress=progress)
+        return torch_candidates(
+            vectors, k, metric=metric, device=device, rows=rows, progress=progress
+        )
+    return exact_candidates(vectors, k, metric=metric, rows=rows, progress=progress)
