@@ -24,7 +24,7 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from api_schemas import AnalysisParams, JobStatus, Report
+from api_schemas import AnalysisParams, JobOut, JobStatus, Report
 from nnkgeo.client import AsyncClient, Client
 from nnkgeo.errors import (
     AuthenticationError,
@@ -239,6 +239,18 @@ def test_analyze_draws_progress_until_the_job_succeeds(analyzed: tuple[Report, s
     assert lines[-1].startswith("job_")
     assert "succeeded" in lines[-1]
     assert "100%" in lines[-1]
+
+
+def test_analyze_without_waiting_returns_the_submitted_job(
+    nnk: Client, digits: tuple[np.ndarray, np.ndarray], analyzed: tuple[Report, str]
+) -> None:
+    report, _ = analyzed
+
+    job = nnk.analyze(*digits, name="digits", params=PARAMS, wait=False)
+
+    assert isinstance(job, JobOut)
+    assert job.id != report.job_id
+    assert nnk.report(nnk.wait(job.id, progress=False).id) == report
 
 
 def test_submit_and_wait_draw_a_text_bar_on_a_captured_stream(
