@@ -261,6 +261,9 @@ def _guarded(command: _Handler) -> _Handler:
         except KeyboardInterrupt as interrupt:
             _error(str(interrupt) or "interrupted")
             return EXIT_INTERRUPTED
+        except FileNotFoundError as error:
+            _error(f"no such file: {error.filename}")
+            return EXIT_USAGE
         except (_Refused, UsageError, OSError) as error:
             _error(str(error))
             return EXIT_USAGE
