@@ -22,7 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-UPLOAD_ID_FIELD = Field(min_length=1, max_length=128, description="Id of an uploaded dataset.")
+UploadId = Annotated[
+    str, Field(min_length=1, max_length=128, description="Id of an uploaded dataset.")
+]
 MAX_STUDY_MODELS = 16
 MAX_LAYERS = 64
 
@@ -73,7 +75,7 @@ class BuiltinDataset(_Spec):
 class UploadedDataset(_Spec):
     """An uploaded npz or safetensors file holding inputs and labels."""
 
-    dataset: str = UPLOAD_ID_FIELD
+    dataset: UploadId
     inputs: str | None = Field(
         None,
         min_length=1,
@@ -129,7 +131,7 @@ DatasetSpec = Annotated[
 class UploadedFile(_Spec):
     """A file uploaded with ``POST /v1/datasets``, named by its dataset id."""
 
-    dataset: str = UPLOAD_ID_FIELD
+    dataset: UploadId
 
 
 class MLPModel(_Spec):
