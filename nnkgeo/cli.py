@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from api_schemas import AnalysisParams
+from nnkgeo.remote_cli import add_remote_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -378,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--quiet", action="store_true", help="no progress or summary")
     analyze.set_defaults(handler=_analyze)
     _add_study_parser(commands)
+    add_remote_commands(commands)
     return parser
 
 
