@@ -1,0 +1,685 @@
+"""The HTML report: real reports rendered, parsed, and looked at in a real headless Chromium.
+
+The Chromium test drives Debian's ``chromium`` over the Chrome DevTools Protocol (its
+``--remote-debugging-port`` websocket, with the ``websockets`` package that uvicorn
+brings): it records every network request and console error while the page loads, and
+decodes the screenshot (PNG, in pure Python) to check that something was drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import itertools
+import json
+import os
+import shutil
+import struct
+import subprocess
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from api_schemas import AnalysisParams, Report
+from nnkgeo.html_report import (
+    CONTENT_SECURITY_POLICY,
+    MAP_MAX_POINTS,
+    _sample_rows,
+    fmt,
+    nice_ticks,
+    render_report_html,
+)
+from workers.geometry import EmbeddingSet, analyze
+
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta"}
+VOID_ELEMENTS |= {"source", "track", "wbr"}
+SVG_PER_SET = 4  # degree histogram, homogeneity per class, LOO per class, 2-D map
+MALICIOUS = '<script>alert("x")</script>'
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A report of digits in two spaces, its inputs, and its page."""
+
+    report: Report
+    embeddings: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    html: str
+
+
+@pytest.fixture(scope="module")
+def digits_page() -> Rendered:
+    """Digits as raw pixels and as a PCA-16 projection, labelled, k=10 (about a second)."""
+    data = load_digits()
+    pixels = data.data.astype(np.float32)
+    labels = data.target.astype(np.int64)
+    centred = pixels - pixels.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    pca16 = (centred @ vt[:16].T).astype(np.float32)
+    sets = [EmbeddingSet("pixels", pixels, labels), EmbeddingSet("pca-16", pca16, labels)]
+    report = analyze(sets, params=AnalysisParams(k=10), job_id="job_digits", n_threads=1).report
+    embeddings = {"pixels": pixels, "pca-16": pca16}
+    label_map = {"pixels": labels, "pca-16": labels}
+    html = render_report_html(report, embeddings=embeddings, labels=label_map)
+    return Rendered(report, embeddings, label_map, html)
+
+
+@pytest.fixture(scope="module")
+def malicious_page() -> str:
+    """A set whose name, labels and ids are markup, with label noise so there are suspects."""
+    data = load_digits()
+    points = data.data[:400].astype(np.float32)
+    names = np.array([MALICIOUS, "<img src=x onerror=alert(1)>", "a&b"], dtype=object)
+    labels = names[data.target[:400] % 3].astype(str)
+    labels[::7] = names[0]  # noise: suspects labelled with the script tag
+    ids = np.array([f'"><script>id{i}</script>' for i in range(400)])
+    report = analyze(
+        [EmbeddingSet(MALICIOUS, points, labels, ids)], params=AnalysisParams(k=8), n_threads=1
+    ).report
+    assert report.sets[0].suspects, "the label noise should make suspects"
+    return render_report_html(
+        report,
+        embeddings={MALICIOUS: points},
+        labels={MALICIOUS: labels},
+        title=f"title {MALICIOUS}",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The page as HTML
+
+
+@dataclass
+class _Element:
+    tag: str
+    attrs: dict[str, str | None]
+    children: list[_Element | str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def iter(self) -> Iterator[_Element]:
+        yield self
+        for child in self.children:
+            if isinstance(child, _Element):
+                yield from child.iter()
+
+
+class _TreeParser(HTMLParser):
+    """html.parser into a tree, failing on any end tag that does not close the open one."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = _Element("#document", {})
+        self.stack = [self.root]
+        self.declarations: list[str] = []
+
+    def handle_decl(self, decl: str) -> None:
+        self.declarations.append(decl)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = _Element(tag, dict(attrs))
+        self.stack[-1].children.append(element)
+        if tag not in VOID_ELEMENTS:
+            self.stack.append(element)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.stack[-1].children.append(_Element(tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        open_tag = self.stack[-1].tag
+        assert open_tag == tag, f"</{tag}> closes <{open_tag}>"
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].children.append(data)
+
+
+def parse(html: str) -> _Element:
+    parser = _TreeParser()
+    parser.feed(html)
+    parser.close()
+    assert len(parser.stack) == 1, f"unclosed: {[e.tag for e in parser.stack[1:]]}"
+    assert [d.lower() for d in parser.declarations] == ["doctype html"]
+    return parser.root
+
+
+def test_page_parses_into_a_well_nested_document(digits_page: Rendered) -> None:
+    root = parse(digits_page.html)
+
+    (html,) = [e for e in root.children if isinstance(e, _Element)]
+    assert html.tag == "html" and html.attrs["lang"] == "en"
+    assert [e.tag for e in html.children if isinstance(e, _Element)] == ["head", "body"]
+    titles = [e.text() for e in root.iter() if e.tag == "title"]
+    assert titles[0] == "nnkgeo report job_digits"
+
+
+def test_page_holds_the_headline_numbers_of_every_set(digits_page: Rendered) -> None:
+    text = parse(digits_page.html).text()
+
+    assert "1,797" in text
+    for set_report in digits_page.report.sets:
+        assert set_report.name in text
+        loo = set_report.loo_error
+        assert loo is not None and set_report.homogeneity is not None
+        for value in (
+            loo.nnk_weighted,
+            loo.nnk_unweighted,
+            loo.knn_weighted,
+            loo.knn_unweighted,
+            set_report.homogeneity.pure_patch_fraction,
+            set_report.homogeneity.nnk_mean,
+            set_report.nnk_degree.mean,
+        ):
+            assert f"{value:.4g}" in text, value
+        assert fmt(set_report.intrinsic_dimension.twonn, 3) in text
+        assert fmt(set_report.intrinsic_dimension.mle, 3) in text
+        assert set_report.regime is not None and set_report.regime in text
+        for suspect in set_report.suspects[:5]:
+            assert f"{suspect.score:.3f}" in text
+    # The service's test reads the same formats.
+    assert f"{digits_page.report.sets[0].nnk_degree.mean:.4g}" in digits_page.html
+    assert "<table>" in digits_page.html
+
+
+def test_page_has_the_sections_and_one_titled_svg_per_plot(digits_page: Rendered) -> None:
+    root = parse(digits_page.html)
+    ids = {e.attrs.get("id") for e in root.iter()} - {None}
+    svgs = [e for e in root.iter() if e.tag == "svg"]
+
+    n_sets = len(digits_page.report.sets)
+    # The LOO overview, four comparison charts, and the plots of each set.
+    assert len(svgs) == 1 + 4 + SVG_PER_SET * n_sets
+    assert {"overview", "comparison", "set-1", "set-2", "guide"} <= ids
+    for svg in svgs:
+        first, second = [c for c in svg.children if isinstance(c, _Element)][:2]
+        assert (first.tag, second.tag) == ("title", "desc")
+        assert first.text().strip() and second.text().strip()
+        assert svg.attrs["role"] == "img"
+        assert set((svg.attrs["aria-labelledby"] or "").split()) == {
+            first.attrs["id"],
+            second.attrs["id"],
+        }
+    all_ids = [e.attrs["id"] for e in root.iter() if e.attrs.get("id")]
+    assert len(set(all_ids)) == len(all_ids), "ids are unique"
+    maps = [s for s in svgs if "2-D map" in s.children[0].text()]  # type: ignore[union-attr]
+    assert len(maps) == n_sets
+    suspects = sum(len(s.suspects) for s in digits_page.report.sets)
+    ringed = [
+        e
+        for svg in maps
+        for e in svg.iter()
+        if e.tag == "title" and e.text().startswith("suspect #")
+    ]
+    assert len(ringed) == suspects
+
+
+def test_page_loads_nothing_from_anywhere(digits_page: Rendered) -> None:
+    root = parse(digits_page.html)
+
+    assert "http://" not in digits_page.html and "https://" not in digits_page.html
+    for element in root.iter():
+        assert element.tag not in {"script", "link", "img", "iframe", "object", "embed"}
+        for name in ("src", "href", "xlink:href", "srcset", "action", "data"):
+            value = element.attrs.get(name)
+            assert value is None or value.startswith("#"), (element.tag, name, value)
+    styles = "".join(e.text() for e in root.iter() if e.tag == "style")
+    assert "url(" not in styles and "@import" not in styles
+    (csp,) = [e for e in root.iter() if e.attrs.get("http-equiv") == "Content-Security-Policy"]
+    assert csp.attrs["content"] == CONTENT_SECURITY_POLICY
+
+
+def test_user_strings_are_escaped(malicious_page: str) -> None:
+    lowered = malicious_page.lower()
+
+    assert "<script" not in lowered
+    assert "<img" not in lowered
+    assert "&lt;script&gt;" in malicious_page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in malicious_page
+    assert "a&amp;b" in malicious_page
+    assert "&quot;&gt;&lt;script&gt;id" in malicious_page  # the ids, in the suspects table
+    text = parse(malicious_page).text()
+    assert MALICIOUS in text  # shown to the reader as typed
+    assert '"><script>id' in text
+
+
+def test_without_embeddings_the_map_gives_way_to_a_note(digits_page: Rendered) -> None:
+    html = render_report_html(digits_page.report)
+    root = parse(html)
+
+    svgs = [e for e in root.iter() if e.tag == "svg"]
+    assert len(svgs) == 1 + 4 + (SVG_PER_SET - 1) * len(digits_page.report.sets)
+    assert html.count("the embeddings were not given") == len(digits_page.report.sets)
+
+
+def test_embeddings_of_the_wrong_shape_are_noted_not_drawn(digits_page: Rendered) -> None:
+    html = render_report_html(
+        digits_page.report, embeddings={"pixels": digits_page.embeddings["pixels"][:100]}
+    )
+
+    assert "Not drawn: the embeddings given have shape (100, 64)" in html
+
+
+def test_a_single_unlabelled_set_has_no_comparison_and_grey_points() -> None:
+    points = np.random.default_rng(0).standard_normal((300, 5)).astype(np.float32)
+    report = analyze([EmbeddingSet("noise", points)], params=AnalysisParams(k=6)).report
+
+    html = render_report_html(report, embeddings={"noise": points})
+
+    root = parse(html)
+    assert 'id="comparison"' not in html
+    assert "No set has labels" in html
+    assert "None: no labels were given." in html
+    svgs = [e for e in root.iter() if e.tag == "svg"]
+    assert len(svgs) == 2  # the degree histogram and the map
+    assert 'fill="#7f8c99"' in html
+
+
+def test_map_sample_is_bounded_and_keeps_the_suspects() -> None:
+    keep = [5, 17, 9_999, 12_345_678, -1]
+
+    rows = _sample_rows(10_000, keep, MAP_MAX_POINTS)
+
+    assert rows.size == MAP_MAX_POINTS
+    assert np.all(np.diff(rows) > 0)
+    assert {5, 17, 9_999} <= set(rows.tolist())
+    assert np.array_equal(rows, _sample_rows(10_000, keep, MAP_MAX_POINTS))
+    assert np.array_equal(_sample_rows(50, keep, MAP_MAX_POINTS), np.arange(50))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.0, 1.0, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        (0.0, 0.0178, [0.0, 0.005, 0.01, 0.015, 0.02]),
+        (0.0, 557.0, [0.0, 200.0, 400.0, 600.0]),
+        (-3.2, 4.1, [-4.0, -2.0, 0.0, 2.0, 4.0, 6.0]),
+        (5.0, 5.0, [4.4, 4.6, 4.8, 5.0, 5.2, 5.4, 5.6]),
+        (0.9, 1.0, [0.9, 0.92, 0.94, 0.96, 0.98, 1.0]),
+    ],
+)
+def test_nice_ticks_cover_the_range_in_round_steps(
+    low: float, high: float, expected: list[float]
+) -> None:
+    assert nice_ticks(low, high) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------------------
+# In a real browser
+
+
+def _chromium() -> str | None:
+    for name in CHROMIUM_CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class DevTools:
+    """A headless Chromium driven over the Chrome DevTools Protocol (one page target).
+
+    A context manager: the browser is started on entry and closed on exit.
+    """
+
+    def __init__(self, binary: str, profile: Path, *, width: int, height: int) -> None:
+        self.binary, self.profile = binary, profile
+        self.width, self.height = width, height
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+        self.session: str | None = None
+
+    def __enter__(self) -> DevTools:
+        from websockets.sync.client import connect
+
+        binary, profile, width, height = self.binary, self.profile, self.width, self.height
+        self.stack = ExitStack()
+        self.log = profile / "chromium.log"
+        log = self.stack.enter_context(self.log.open("wb"))
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--headless",
+                "--disable-gpu",
+                "--no-sandbox",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-extensions",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        self.stack.callback(self._stop_process)
+        try:
+            port, path = self._devtools_port()
+            options: dict[str, Any] = {"max_size": None, "open_timeout": 10}
+            if "proxy" in inspect.signature(connect).parameters:
+                options["proxy"] = None  # never through an HTTP(S)_PROXY from the environment
+            self.socket = self.stack.enter_context(
+                connect(f"ws://127.0.0.1:{port}{path}", **options)
+            )
+            self.stack.callback(self._close_browser)
+            target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.send(
+                "Target.attachToTarget", {"targetId": target, "flatten": True}
+            )["sessionId"]
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stack.close()
+
+    def _devtools_port(self) -> tuple[str, str]:
+        """The port and browser path Chromium writes once its DevTools server listens."""
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                self.process.wait(timeout=10)
+                raise RuntimeError(
+                    "chromium did not open its DevTools port: "
+                    + self.log.read_text(errors="replace")[-2000:]
+                )
+            time.sleep(0.05)
+        port, path = port_file.read_text().splitlines()[:2]
+        return port, path
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one command (to the page once attached) and return its result."""
+        message: dict[str, Any] = {"id": next(self.ids), "method": method, "params": params or {}}
+        if self.session is not None:
+            message["sessionId"] = self.session
+        self.socket.send(json.dumps(message))
+        while True:
+            reply = json.loads(self.socket.recv(timeout=30))
+            if reply.get("id") == message["id"]:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            if "method" in reply:
+                self.events.append(reply)
+
+    def wait_for(self, method: str, timeout_s: float = 30) -> None:
+        """Collect events until ``method`` arrives."""
+        if any(event["method"] == method for event in self.events):
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            event = json.loads(self.socket.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+            if "method" in event:
+                self.events.append(event)
+                if event["method"] == method:
+                    return
+        raise TimeoutError(method)
+
+    def drain(self, seconds: float) -> None:
+        """Collect whatever events arrive within ``seconds`` (late requests or errors)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = json.loads(self.socket.recv(timeout=left))
+            except TimeoutError:
+                return
+            if "method" in event:
+                self.events.append(event)
+
+    def _close_browser(self) -> None:
+        self.session = None
+        with suppress(Exception):  # the browser may already be gone
+            self.send("Browser.close")
+
+    def _stop_process(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class PageVisit:
+    """What loading one page in Chromium produced."""
+
+    requests: list[str]
+    errors: list[str]
+    screenshot: bytes
+    full_page: bytes
+    facts: dict[str, Any]
+
+
+_PAGE_FACTS = """JSON.stringify({
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    svgs: [...document.querySelectorAll('svg')].map(s => {
+        const r = s.getBoundingClientRect();
+        return [r.width, r.height];
+    }),
+})"""
+
+
+def visit(browser: DevTools, url: str, *, headers: dict[str, str] | None = None) -> PageVisit:
+    """Load ``url``: the requests it made, its console errors, screenshots, layout facts.
+
+    ``headers`` go with every request the page makes (an Authorization header).
+    """
+    browser.events.clear()
+    for domain in ("Runtime", "Log", "Network", "Page"):
+        browser.send(f"{domain}.enable")
+    browser.send("Network.setExtraHTTPHeaders", {"headers": headers or {}})
+    browser.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": browser.width, "height": browser.height, "deviceScaleFactor": 1, "mobile": False},
+    )
+    browser.send("Page.navigate", {"url": url})
+    browser.wait_for("Page.loadEventFired")
+    browser.drain(0.5)
+    evaluated = browser.send("Runtime.evaluate", {"expression": _PAGE_FACTS, "returnByValue": True})
+    screenshot = browser.send("Page.captureScreenshot", {"format": "png"})["data"]
+    content = browser.send("Page.getLayoutMetrics")["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": browser.width, "height": min(content["height"], 16_000)}
+    full_page = browser.send(
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}},
+    )["data"]
+    browser.drain(0.2)
+    requests, errors = [], []
+    for event in browser.events:
+        method, params = event["method"], event.get("params", {})
+        if method == "Network.requestWillBeSent":
+            requests.append(params["request"]["url"])
+        elif method == "Runtime.exceptionThrown":
+            errors.append(json.dumps(params["exceptionDetails"])[:500])
+        elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+            errors.append(json.dumps(params["args"])[:500])
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            errors.append(f"{params['entry'].get('source')}: {params['entry']['text']}")
+    return PageVisit(
+        requests,
+        errors,
+        base64.b64decode(screenshot),
+        base64.b64decode(full_page),
+        json.loads(evaluated["result"]["value"]),
+    )
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """An 8-bit RGB or RGBA PNG (non-interlaced) as an (height, width, channels) array.
+
+    Pure Python and numpy: zlib for the data, the five scanline filters undone row by
+    row (Sub and Up vectorised, Average and Paeth in a loop).
+    """
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, chunks, header = 8, [], b""
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind = data[position + 4 : position + 8]
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            chunks.append(body)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8 and colour in (2, 6) and interlace == 0, (depth, colour, interlace)
+    channels = 3 if colour == 2 else 4
+    stride = width * channels
+    raw = np.frombuffer(zlib.decompress(b"".join(chunks)), dtype=np.uint8)
+    raw = raw.reshape(height, stride + 1)
+    image = np.zeros((height, stride), dtype=np.uint8)
+    previous = np.zeros(stride, dtype=np.uint8)
+    for y in range(height):
+        kind, row = raw[y, 0], raw[y, 1:]
+        if kind == 0:
+            out = row.copy()
+        elif kind == 1:
+            out = (
+                (row.reshape(width, channels).astype(np.int64).cumsum(axis=0) % 256)
+                .astype(np.uint8)
+                .ravel()
+            )
+        elif kind == 2:
+            out = row + previous
+        else:
+            line, above = row.tolist(), previous.tolist()
+            for i in range(stride):
+                left = line[i - channels] if i >= channels else 0
+                up = above[i]
+                if kind == 3:
+                    line[i] = (line[i] + (left + up) // 2) & 0xFF
+                else:
+                    corner = above[i - channels] if i >= channels else 0
+                    estimate = left + up - corner
+                    pa, pb, pc = abs(estimate - left), abs(estimate - up), abs(estimate - corner)
+                    predictor = left if pa <= pb and pa <= pc else (up if pb <= pc else corner)
+                    line[i] = (line[i] + predictor) & 0xFF
+            out = np.array(line, dtype=np.uint8)
+        image[y] = out
+        previous = out
+    return image.reshape(height, width, channels)
+
+
+def test_decode_png_reads_every_filter_type() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+    rows = []
+    for y, kind in enumerate([0, 1, 2, 3, 4]):
+        row = pixels[y].astype(np.int64).ravel()
+        above = pixels[y - 1].astype(np.int64).ravel() if y else np.zeros(12, np.int64)
+        left = np.concatenate([np.zeros(3, np.int64), row[:-3]])
+        corner = np.concatenate([np.zeros(3, np.int64), above[:-3]])
+        if kind == 1:
+            row = row - left
+        elif kind == 2:
+            row = row - above
+        elif kind == 3:
+            row = row - (left + above) // 2
+        elif kind == 4:
+            estimate = left + above - corner
+            pa, pb, pc = abs(estimate - left), abs(estimate - above), abs(estimate - corner)
+            row = row - np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, above, corner))
+        rows.append(bytes([kind]) + (row % 256).astype(np.uint8).tobytes())
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 5, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
+
+    assert np.array_equal(decode_png(png), pixels)
+
+
+def headless_chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+    """A headless Chromium, 1280 x 2000 (a laptop, two screens tall), or a skip saying
+    that Chromium is missing (scripts/test.sh installs it, so CI never skips)."""
+    binary = _chromium()
+    if binary is None:
+        pytest.skip(
+            "Chromium is not installed and could not be installed here"
+            " (scripts/test.sh runs apt-get install chromium)"
+        )
+    with DevTools(binary, tmp_path_factory.mktemp("chromium"), width=1280, height=2000) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+    """One headless Chromium for the module."""
+    yield from headless_chromium(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_browser_check_sees_requests_and_console_errors(browser: DevTools, tmp_path: Path) -> None:
+    """The negative control: a page that fetches and logs is caught doing both."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<!doctype html><html><body><img src="http://127.0.0.1:9/x.png" alt="">'
+        '<script>console.error("boom")</script></body></html>',
+        encoding="utf-8",
+    )
+
+    seen = visit(browser, page.as_uri())
+
+    assert "http://127.0.0.1:9/x.png" in seen.requests
+    assert any("boom" in error for error in seen.errors), seen.errors
+
+
+@pytest.mark.slow
+def test_page_renders_in_chromium_without_errors_or_requests(
+    digits_page: Rendered, browser: DevTools, tmp_path: Path
+) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(digits_page.html, encoding="utf-8")
+
+    seen = visit(browser, page.as_uri())
+
+    (tmp_path / "screenshot.png").write_bytes(seen.screenshot)
+    (tmp_path / "full-page.png").write_bytes(seen.full_page)
+    if directory := os.environ.get("NNKGEO_SCREENSHOT_DIR"):
+        shutil.copy(tmp_path / "screenshot.png", Path(directory) / "report-screenshot.png")
+        shutil.copy(tmp_path / "full-page.png", Path(directory) / "report-full-page.png")
+    assert seen.errors == []
+    assert seen.requests and all(
+        url == page.as_uri() or url.startswith("data:") for url in seen.requests
+    ), seen.requests
+    # Readable on a laptop: nothing wider than the window, every plot drawn at a size.
+    assert seen.facts["scrollWidth"] <= seen.facts["innerWidth"]
+    assert len(seen.facts["svgs"]) == 1 + 4 + SVG_PER_SET * len(digits_page.report.sets)
+    assert all(w > 300 and h > 150 for w, h in seen.facts["svgs"]), seen.facts["svgs"]
+    image = decode_png(seen.screenshot)
+    assert image.shape[:2] == (2000, 1280)
+    rgb = image[..., :3].reshape(-1, 3)
+    background = np.array([0xF6, 0xF7, 0xF9])
+    drawn = np.any(rgb != background, axis=1).mean()
+    assert drawn > 0.02, f"only {drawn:.1%} of the screenshot differs from the background"
+    _, counts = np.unique(rgb, axis=0, return_counts=True)
+    assert (counts > 50).sum() >= 8, "the screenshot should show several distinct colours"
