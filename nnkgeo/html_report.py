@@ -47,6 +47,9 @@ MAX_CLASSES_SHOWN = 30
 MAX_LEGEND_CLASSES = 20
 """The map's legend names at most this many labels."""
 
+MAX_SUSPECT_ROWS = 500
+"""The suspects table shows at most this many rows (the JSON report has them all)."""
+
 LOO_SERIES: tuple[tuple[str, str, str], ...] = (
     ("nnk_weighted", "NNK weighted", "#2f6ea8"),
     ("nnk_unweighted", "NNK unweighted", "#8fbce6"),
@@ -1246,28 +1249,38 @@ def _per_class_table(set_report: SetReport) -> str:
     )
 
 
-def _suspects_table(set_report: SetReport) -> str:
+def _suspects_table(set_report: SetReport, *, asked: int) -> str:
+    """The suspects, ranked, at most :data:`MAX_SUSPECT_ROWS` rows; ``asked`` is the
+    job's ``suspects_top``."""
     suspects = set_report.suspects
     if not suspects:
-        reason = (
-            "no labels were given"
-            if set_report.loo_error is None
-            else "no point's NNK prediction disagrees with its label"
-        )
+        if set_report.loo_error is None:
+            reason = "no labels were given"
+        elif asked == 0:
+            reason = "the job asked for none (suspects_top=0)"
+        else:
+            reason = "no point's NNK prediction disagrees with its label"
         return f'<h3>Suspects</h3><p class="note">None: {reason}.</p>'
+    cut = ""
+    if len(suspects) > MAX_SUSPECT_ROWS:
+        cut = (
+            f'<p class="note">The first {MAX_SUSPECT_ROWS:,} of {len(suspects):,}; the JSON'
+            " report lists them all.</p>"
+        )
+        suspects = suspects[:MAX_SUSPECT_ROWS]
     rows = "".join(
         f"<tr><td>{rank}</td><td>{s.index}</td><td>{_e(s.id if s.id is not None else '–')}"
         f"</td><td>{_e(s.label)}</td><td>{_e(s.predicted)}</td><td>{s.score:.3f}</td></tr>"
         for rank, s in enumerate(suspects, start=1)
     )
     return (
-        f"<h3>Suspects ({len(suspects):,})</h3>"
+        f"<h3>Suspects ({len(set_report.suspects):,})</h3>"
         '<p class="meta">Points whose NNK-weighted prediction disagrees with their label,'
         " ranked by score = 1 - p(label).</p>"
         '<div class="panel scroll"><table><thead><tr><th scope="col">rank</th>'
         '<th scope="col">index</th><th scope="col">id</th><th scope="col">label</th>'
         '<th scope="col">predicted</th><th scope="col">score</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table></div>"
+        f"<tbody>{rows}</tbody></table></div>{cut}"
     )
 
 
@@ -1284,7 +1297,10 @@ def _set_section(
     set_report: SetReport,
     embeddings: np.ndarray | None,
     labels: np.ndarray | None,
+    *,
+    suspects_asked: int,
 ) -> str:
+    """One set's section: cards, warnings, plots, suspects and per-class numbers."""
     figures = [_degree_histogram(ids, set_report), *_per_class_charts(ids, set_report)]
     figures.append(_embedding_map(ids, set_report, embeddings, labels))
     extra = ""
@@ -1300,7 +1316,8 @@ def _set_section(
         + (f" · {set_report.n_classes:,} classes" if set_report.n_classes is not None else "")
         + f"</p>{extra}{_cards(set_report)}{_warnings_list(set_report)}"
         f'<div class="grid">{"".join(figures)}</div>'
-        f"{_suspects_table(set_report)}{_per_class_table(set_report)}</section>"
+        f"{_suspects_table(set_report, asked=suspects_asked)}"
+        f"{_per_class_table(set_report)}</section>"
     )
 
 
@@ -1373,6 +1390,7 @@ def render_report_html(
             s,
             _lookup(embeddings, s.name),
             _lookup(labels, s.name),
+            suspects_asked=report.params.suspects_top,
         )
         for i, s in enumerate(report.sets)
     )

@@ -88,7 +88,7 @@ def test_served_page_loads_in_chromium_without_errors_or_requests(
 
     seen = visit(browser, url, headers={"Authorization": alpha.headers["Authorization"]})
 
-    (tmp_path / "served-page.png").write_bytes(seen.full_page)
+    (tmp_path / "served-page.png").write_bytes(seen.screenshot)
     assert seen.errors == []
     assert seen.requests == [url]
     assert seen.facts["scrollWidth"] <= seen.facts["innerWidth"]

@@ -16,7 +16,9 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import time
+import types
 import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
@@ -33,6 +35,7 @@ from api_schemas import AnalysisParams, Report
 from nnkgeo.html_report import (
     CONTENT_SECURITY_POLICY,
     MAP_MAX_POINTS,
+    MAX_SUSPECT_ROWS,
     _sample_rows,
     fmt,
     nice_ticks,
@@ -285,6 +288,53 @@ def test_a_single_unlabelled_set_has_no_comparison_and_grey_points() -> None:
     assert 'fill="#7f8c99"' in html
 
 
+class _FakeUmap:
+    """Stands in for umap.UMAP: its first two input columns (or a failure)."""
+
+    fail = False
+
+    def __init__(self, n_components: int, random_state: int) -> None:
+        assert (n_components, random_state) == (2, 0)
+
+    def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        if self.fail:
+            raise RuntimeError("umap broke")
+        return x[:, :2]
+
+
+@pytest.mark.parametrize(("fails", "method"), [(False, "UMAP"), (True, "PCA")])
+def test_map_uses_umap_when_installed_and_pca_when_it_fails(
+    digits_page: Rendered, monkeypatch: pytest.MonkeyPatch, fails: bool, method: str
+) -> None:
+    fake = types.ModuleType("umap")
+    fake.UMAP = type("UMAP", (_FakeUmap,), {"fail": fails})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "umap", fake)
+
+    html = render_report_html(
+        digits_page.report,
+        embeddings={"pixels": digits_page.embeddings["pixels"]},
+        labels={"pixels": digits_page.labels["pixels"]},
+    )
+
+    assert f"2-D map of the embeddings ({method})" in html
+    assert ("UMAP 1" in html) is (not fails)
+
+
+def test_suspects_table_is_capped_and_says_so(digits_page: Rendered) -> None:
+    first = digits_page.report.sets[0]
+    many = [first.suspects[0].model_copy(update={"index": i}) for i in range(MAX_SUSPECT_ROWS + 7)]
+    report = digits_page.report.model_copy(
+        update={"sets": [first.model_copy(update={"suspects": many})]}
+    )
+
+    html = render_report_html(report)
+
+    assert f"Suspects ({MAX_SUSPECT_ROWS + 7:,})" in html
+    assert f"The first {MAX_SUSPECT_ROWS} of {MAX_SUSPECT_ROWS + 7}" in html
+    table = [e for e in parse(html).iter() if e.tag == "table"][-2]  # before per-class
+    assert len([e for e in table.iter() if e.tag == "tr"]) == MAX_SUSPECT_ROWS + 1
+
+
 def test_map_sample_is_bounded_and_keeps_the_suspects() -> None:
     keep = [5, 17, 9_999, 12_345_678, -1]
 
@@ -465,7 +515,7 @@ class PageVisit:
     requests: list[str]
     errors: list[str]
     screenshot: bytes
-    full_page: bytes
+    full_page: bytes | None
     facts: dict[str, Any]
 
 
@@ -479,10 +529,17 @@ _PAGE_FACTS = """JSON.stringify({
 })"""
 
 
-def visit(browser: DevTools, url: str, *, headers: dict[str, str] | None = None) -> PageVisit:
+def visit(
+    browser: DevTools,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    full_page: bool = False,
+) -> PageVisit:
     """Load ``url``: the requests it made, its console errors, screenshots, layout facts.
 
-    ``headers`` go with every request the page makes (an Authorization header).
+    ``headers`` go with every request the page makes (an Authorization header);
+    ``full_page`` adds a screenshot of the whole page (slow: for a person to look at).
     """
     browser.events.clear()
     for domain in ("Runtime", "Log", "Network", "Page"):
@@ -497,12 +554,14 @@ def visit(browser: DevTools, url: str, *, headers: dict[str, str] | None = None)
     browser.drain(0.5)
     evaluated = browser.send("Runtime.evaluate", {"expression": _PAGE_FACTS, "returnByValue": True})
     screenshot = browser.send("Page.captureScreenshot", {"format": "png"})["data"]
-    content = browser.send("Page.getLayoutMetrics")["cssContentSize"]
-    clip = {"x": 0, "y": 0, "width": browser.width, "height": min(content["height"], 16_000)}
-    full_page = browser.send(
-        "Page.captureScreenshot",
-        {"format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}},
-    )["data"]
+    whole = None
+    if full_page:
+        content = browser.send("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": browser.width, "height": min(content["height"], 16_000)}
+        whole = browser.send(
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}},
+        )["data"]
     browser.drain(0.2)
     requests, errors = [], []
     for event in browser.events:
@@ -519,7 +578,7 @@ def visit(browser: DevTools, url: str, *, headers: dict[str, str] | None = None)
         requests,
         errors,
         base64.b64decode(screenshot),
-        base64.b64decode(full_page),
+        base64.b64decode(whole) if whole is not None else None,
         json.loads(evaluated["result"]["value"]),
     )
 
@@ -660,13 +719,15 @@ def test_page_renders_in_chromium_without_errors_or_requests(
     page = tmp_path / "report.html"
     page.write_text(digits_page.html, encoding="utf-8")
 
-    seen = visit(browser, page.as_uri())
+    directory = os.environ.get("NNKGEO_SCREENSHOT_DIR")  # to look at the page yourself
+
+    seen = visit(browser, page.as_uri(), full_page=bool(directory))
 
     (tmp_path / "screenshot.png").write_bytes(seen.screenshot)
-    (tmp_path / "full-page.png").write_bytes(seen.full_page)
-    if directory := os.environ.get("NNKGEO_SCREENSHOT_DIR"):
+    if directory:
         shutil.copy(tmp_path / "screenshot.png", Path(directory) / "report-screenshot.png")
-        shutil.copy(tmp_path / "full-page.png", Path(directory) / "report-full-page.png")
+        assert seen.full_page is not None
+        (Path(directory) / "report-full-page.png").write_bytes(seen.full_page)
     assert seen.errors == []
     assert seen.requests and all(
         url == page.as_uri() or url.startswith("data:") for url in seen.requests
@@ -681,5 +742,6 @@ def test_page_renders_in_chromium_without_errors_or_requests(
     background = np.array([0xF6, 0xF7, 0xF9])
     drawn = np.any(rgb != background, axis=1).mean()
     assert drawn > 0.02, f"only {drawn:.1%} of the screenshot differs from the background"
-    _, counts = np.unique(rgb, axis=0, return_counts=True)
+    packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
+    _, counts = np.unique(packed, return_counts=True)
     assert (counts > 50).sum() >= 8, "the screenshot should show several distinct colours"
