@@ -656,8 +656,8 @@ def scatter_map(
     bottom = height - 46
     finite = np.isfinite(xy).all(axis=1)
     shown = xy[finite] if finite.any() else np.zeros((1, 2))
-    x_ticks = nice_ticks(float(shown[:, 0].min()), float(shown[:, 0].max()))
-    y_ticks = nice_ticks(float(shown[:, 1].min()), float(shown[:, 1].max()))
+    x_ticks = nice_ticks(float(shown[:, 0].min()), float(shown[:, 0].max()), 7)
+    y_ticks = nice_ticks(float(shown[:, 1].min()), float(shown[:, 1].max()), 7)
     sx = _Linear(x_ticks[0], x_ticks[-1], left, right)
     sy = _Linear(y_ticks[0], y_ticks[-1], bottom, top)
     body = [_y_axis(sy, y_ticks, left, right)]
