@@ -132,6 +132,16 @@ def _analyze(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(result.report.model_dump_json(indent=2))
+    if args.html is not None:
+        from nnkgeo.html_report import render_report_html
+
+        page = render_report_html(
+            result.report,
+            embeddings={s.name: s.embeddings for s in sets},
+            labels={s.name: s.labels for s in sets if s.labels is not None},
+        )
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(page, encoding="utf-8")
     for template, attribute in ((args.graph, "symmetric"), (args.directed_graph, "directed")):
         if template is None:
             continue
@@ -250,6 +260,16 @@ def _study(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(result.report.model_dump_json(indent=2))
+    if args.html is not None:
+        from nnkgeo.html_report import render_report_html
+
+        page = render_report_html(
+            result.report,
+            embeddings={s.name: s.embeddings for s in sets},
+            labels={s.name: s.labels for s in sets if s.labels is not None},
+        )
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(page, encoding="utf-8")
     if args.embeddings_out:
         embeddings_out = Path(args.embeddings_out)
         embeddings_out.parent.mkdir(parents=True, exist_ok=True)
@@ -374,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--suspects-top", type=int, default=100)
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument("--out", required=True, help="where to write report.json")
+    analyze.add_argument(
+        "--html", help="also write the report as one self-contained HTML page of plots"
+    )
     analyze.add_argument("--graph", help="write the symmetric graph A (scipy .npz)")
     analyze.add_argument("--directed-graph", help="write the directed graph W (scipy .npz)")
     analyze.add_argument("--quiet", action="store_true", help="no progress or summary")

@@ -21,6 +21,8 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 command -v redis-server >/dev/null || apt_install redis-server
+# Debian's Chromium: the HTML report is checked in a real headless browser.
+command -v chromium >/dev/null || apt_install chromium
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

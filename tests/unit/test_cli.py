@@ -64,9 +64,14 @@ def test_analyze_writes_the_engines_report_and_graphs(digits, tmp_path):
         str(tmp_path / "A.npz"),
         "--directed-graph",
         str(tmp_path / "W.npz"),
+        "--html",
+        str(tmp_path / "report.html"),
     )
     assert completed.returncode == 0, completed.stderr
     assert "solve" in completed.stderr and "regime" in completed.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert page.lower().startswith("<!doctype html>") and "halved" in page and "<svg" in page
+    assert "Not available" not in page  # the CLI has the embeddings: the 2-D map is drawn
     written = json.loads((tmp_path / "report.json").read_text())
     Report.model_validate(written)
     expected = analyze(
