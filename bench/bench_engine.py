@@ -84,14 +84,14 @@ def phase_reference(args) -> dict:
     import scipy.linalg
     import scipy.optimize
 
-    from workers.geometry.candidates import exact_candidates, prepare_vectors
+    from workers.geometry.candidates import neighbours_of, prepare_vectors
     from workers.geometry.kernels import candidate_kernels, kernel_vectors
 
     points, _ = clustered_embeddings(args.n, args.d, seed=args.seed)
     rng = np.random.default_rng(1)
     sample = np.sort(rng.choice(args.n, size=min(args.ref_sample, args.n), replace=False))
     vectors = prepare_vectors(points, metric="cosine")
-    candidates = exact_candidates(vectors, args.k, metric="cosine").indices[sample]
+    candidates = neighbours_of(vectors, sample, args.k, metric="cosine")
     gram, rhs = candidate_kernels(
         kernel_vectors(points, kernel="cosine"), sample, candidates, kernel="cosine"
     )
@@ -157,7 +157,7 @@ def main() -> None:
     faiss_run = _run_phase("faiss", args)
     ours = _run_phase("ours", args)
     reference = _run_phase("reference", args)
-    print(f"machine: {_machine()}")
+    print(f"machine: {_machine()}; load average {os.getloadavg()[0]:.2f} after the runs")
     print(f"data: {args.n} x {args.d} random clusters, k={args.k}, cosine, knn={args.knn}")
     print(f"bare faiss IndexFlatIP search: {faiss_run['faiss_s']:.2f} s")
     print(
