@@ -90,6 +90,38 @@ class Settings(BaseSettings):
         pattern=r"^[a-z][a-z0-9_-]*$",
         description="Celery queue of jobs with params.device = cuda.",
     )
+    shard_min_points: int = Field(
+        50_000,
+        ge=1,
+        description=(
+            "Worker: a set with fewer points is solved by one task; a job whose sets are "
+            "all this small runs as a single task."
+        ),
+    )
+    shard_rows: int = Field(
+        32_768,
+        ge=1,
+        description=(
+            "Worker: most rows (points) one block task of a sharded set solves; rounded "
+            "down to a multiple of 4096, and at least 4096."
+        ),
+    )
+    block_memory_bytes: int = Field(
+        4 * GIB,
+        gt=0,
+        description=(
+            "Worker: memory one block task may use; blocks get fewer rows when their "
+            "estimated footprint (all N points once, plus k values per row) exceeds it."
+        ),
+    )
+    worker_threads: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Worker: CPU threads one task uses (faiss and the solve); 0 = one per core. "
+            "Set it to cores / worker processes when several share a host."
+        ),
+    )
     readiness_timeout_s: float = Field(
         1.0, gt=0, le=30, description="How long /readyz waits for a worker to answer."
     )
