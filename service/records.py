@@ -137,3 +137,63 @@ class ResultRecord(BaseModel):
     etag: str
     graphs: dict[str, GraphFiles]
     created_at: datetime
+
+
+class SetBlocks(BaseModel):
+    """How one set of a sharded job is split: row ranges [start, stop), in order."""
+
+    name: str
+    n_points: int
+    blocks: list[tuple[int, int]]
+    approximate_index: str | None = Field(
+        None, description="Blob of the set's faiss index (knn='approximate'), built once."
+    )
+
+
+class ShardedRun(BaseModel):
+    """The plan of one attempt at a sharded job: which blocks exist and where they go.
+
+    Blocks are addressed as (set index, block index); their results are recorded by
+    `service.store` under the attempt, so a restarted job never mixes in blocks of an
+    earlier run.
+    """
+
+    attempt: int
+    queue: str
+    sets: list[SetBlocks]
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(len(s.blocks) for s in self.sets)
+
+    def block_keys(self) -> list[str]:
+        return [
+            block_key(set_index, block_index)
+            for set_index, set_blocks in enumerate(self.sets)
+            for block_index in range(len(set_blocks.blocks))
+        ]
+
+
+def block_key(set_index: int, block_index: int) -> str:
+    """The name of one block of a run, as recorded in the store."""
+    return f"{set_index}:{block_index}"
+
+
+class RunProgress(BaseModel):
+    """What the store knows about a sharded run: the plan and the blocks recorded so far."""
+
+    plan: ShardedRun
+    block_results: dict[str, str] = Field(
+        default_factory=dict, description="Block key -> blob sha256 of its NNK solve."
+    )
+    deliveries: dict[str, int] = Field(
+        default_factory=dict, description="Block key (or 'assemble') -> times it started."
+    )
+    started_by: dict[str, str] = Field(
+        default_factory=dict, description="Block key -> the worker that last started it."
+    )
+    assembly_started: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return len(self.block_results) == self.plan.total_blocks

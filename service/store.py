@@ -6,9 +6,11 @@ Layout (all keys start with ``nnkgeo:``; ``{t}`` is a tenant name, restricted by
     t:{t}:dataset:{id}            string, DatasetRecord JSON; no TTL (lives until DELETE)
     t:{t}:dataset:{id}:jobs       set of unfinished job ids reading the dataset (DELETE -> 409)
     blob:{sha}:datasets           set of "{t}/{id}" dataset records holding blob {sha}
-    blobs:graphs                  zset graph blob sha -> unix time its last reference expires
+    blobs:graphs                  zset derived blob sha -> unix time its last reference expires
+                                  (graphs, and the block files of sharded jobs)
     lock:blob:{sha}               lock held while a blob file is created or removed
     t:{t}:job:{id}                hash, the job record; TTL JOB_TTL_S
+    t:{t}:job:{id}:run:{attempt}  hash, one attempt at a sharded job (below); TTL JOB_TTL_S
     t:{t}:jobs                    zset of job ids, all scores 0 (ids sort by creation time)
     t:{t}:result:{id}             hash {report, etag, graphs, created_at}; TTL RESULT_TTL_S
     t:{t}:cache:{cache_key}       string, result id; TTL RESULT_TTL_S
@@ -22,6 +24,14 @@ job, a client cancelling it and a redelivered message claiming it cannot interle
 A claim increments ``attempts``, and a worker may only report progress or finish with
 the attempt number it claimed (a fencing token), so a stale run can never overwrite
 the outcome of a newer one.
+
+A sharded job (see `workers.sharding`) keeps one hash per attempt: ``plan`` (the
+`ShardedRun` JSON), ``total`` and ``done`` (blocks planned and recorded),
+``result:{block}`` (blob sha of the block's NNK solve, set once), ``deliveries:{block}``
+and ``started_by:{block}`` (each start of a block task, and by which worker),
+``deliveries:assemble`` and ``assembly_started``. Recording a block and counting it
+happen in one script, so a block delivered twice is counted once, and exactly one
+recording sees the run complete.
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ from service.records import (
     JobRecord,
     JobSpec,
     ResultRecord,
+    RunProgress,
+    ShardedRun,
     job_id_floor,
 )
 from service.settings import Settings
@@ -118,6 +130,85 @@ redis.call('HSET', KEYS[1], 'progress_stage', ARGV[1], 'progress_fraction', ARGV
 return redis.call('HEXISTS', KEYS[1], 'cancel_requested')
 """
 
+# KEYS: job, run. ARGV: attempt, plan JSON, total blocks, run TTL, progress stage.
+# Returns -1 (no longer this attempt's), 1 (cancel requested) or 0 (run recorded).
+_START_RUN = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+   or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then
+  return -1
+end
+if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then return 1 end
+redis.call('HSETNX', KEYS[2], 'plan', ARGV[2])
+redis.call('HSETNX', KEYS[2], 'total', ARGV[3])
+redis.call('HSETNX', KEYS[2], 'done', 0)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], 'progress_stage', ARGV[5], 'progress_fraction', '0')
+return 0
+"""
+
+# KEYS: job, run. ARGV: attempt, block key, worker name.
+# Returns {outcome, deliveries of the block, whether the run awaits its assembly}.
+_BEGIN_BLOCK = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then
+  return {'stale', 0, 0}
+end
+if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then return {'canceled', 0, 0} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'missing', 0, 0} end
+if redis.call('HEXISTS', KEYS[2], 'result:' .. ARGV[2]) == 1 then
+  local awaiting = redis.call('HGET', KEYS[2], 'done') == redis.call('HGET', KEYS[2], 'total')
+                   and redis.call('HEXISTS', KEYS[2], 'assembly_started') == 0
+  return {'recorded', 0, awaiting and 1 or 0}
+end
+local deliveries = redis.call('HINCRBY', KEYS[2], 'deliveries:' .. ARGV[2], 1)
+redis.call('HSET', KEYS[2], 'started_by:' .. ARGV[2], ARGV[3])
+return {'start', deliveries, 0}
+"""
+
+# KEYS: job, run. ARGV: attempt, block key, blob sha, share of progress the blocks span.
+# Returns {1 if this call recorded the block else 0 (-1: no longer this attempt's), done,
+# total}.
+_RECORD_BLOCK = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+   or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1]
+   or redis.call('EXISTS', KEYS[2]) == 0 then
+  return {-1, 0, 0}
+end
+local recorded = redis.call('HSETNX', KEYS[2], 'result:' .. ARGV[2], ARGV[3])
+local done = tonumber(redis.call('HGET', KEYS[2], 'done'))
+local total = tonumber(redis.call('HGET', KEYS[2], 'total'))
+if recorded == 1 then
+  done = redis.call('HINCRBY', KEYS[2], 'done', 1)
+  redis.call('HSET', KEYS[1], 'progress_stage', 'blocks', 'progress_fraction',
+             string.format('%.4f', done / total * tonumber(ARGV[4])))
+end
+return {recorded, done, total}
+"""
+
+# KEYS: job, run. ARGV: attempt. Returns {outcome, deliveries of the assembly}.
+_BEGIN_ASSEMBLY = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+   or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then
+  return {'stale', 0}
+end
+if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then return {'canceled', 0} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'missing', 0} end
+if redis.call('HGET', KEYS[2], 'done') ~= redis.call('HGET', KEYS[2], 'total') then
+  return {'incomplete', 0}
+end
+redis.call('HSET', KEYS[2], 'assembly_started', '1')
+return {'start', redis.call('HINCRBY', KEYS[2], 'deliveries:assemble', 1)}
+"""
+
+# KEYS: result. ARGV: report, etag, graphs JSON, created_at, TTL. 0 if a result exists.
+_PUT_RESULT_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'report', ARGV[1], 'etag', ARGV[2], 'graphs', ARGV[3],
+           'created_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 # KEYS: dataset record, its pin set, its blob's reference set. ARGV: reference member.
 # Returns -1 (no such dataset), -2 (pinned by unfinished jobs) or the blob's remaining refs.
 _DELETE_DATASET = """
@@ -154,6 +245,53 @@ class ProgressVerdict(StrEnum):
     carry_on = "carry_on"
     cancel_requested = "cancel_requested"
     superseded = "superseded"
+
+
+class BlockStartOutcome(StrEnum):
+    start = "start"
+    """The block is to be solved (its delivery counted)."""
+    recorded = "recorded"
+    """Its result is recorded already (a redelivered or duplicated message)."""
+    canceled = "canceled"
+    stale = "stale"
+    """The job finished, or a newer attempt replaced this run."""
+    missing = "missing"
+    """No such run (expired)."""
+
+
+@dataclass(frozen=True)
+class BlockStart:
+    outcome: BlockStartOutcome
+    deliveries: int = 0
+    run_awaits_assembly: bool = False
+
+
+@dataclass(frozen=True)
+class BlockRecording:
+    """What recording a block's result did: at most one recording has ``completes_run``."""
+
+    recorded: bool
+    superseded: bool
+    done: int
+    total: int
+
+    @property
+    def completes_run(self) -> bool:
+        return self.recorded and self.done == self.total
+
+
+class AssemblyStartOutcome(StrEnum):
+    start = "start"
+    canceled = "canceled"
+    stale = "stale"
+    missing = "missing"
+    incomplete = "incomplete"
+
+
+@dataclass(frozen=True)
+class AssemblyStart:
+    outcome: AssemblyStartOutcome
+    deliveries: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,6 +361,11 @@ class Store:
         self._request_cancel = client.register_script(_REQUEST_CANCEL)
         self._record_progress = client.register_script(_RECORD_PROGRESS)
         self._delete_dataset = client.register_script(_DELETE_DATASET)
+        self._start_run = client.register_script(_START_RUN)
+        self._begin_block = client.register_script(_BEGIN_BLOCK)
+        self._record_block = client.register_script(_RECORD_BLOCK)
+        self._begin_assembly = client.register_script(_BEGIN_ASSEMBLY)
+        self._put_result_once = client.register_script(_PUT_RESULT_ONCE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -269,6 +412,10 @@ class Store:
     @staticmethod
     def _job_key(tenant: str, job_id: str) -> str:
         return f"{PREFIX}t:{tenant}:job:{job_id}"
+
+    @staticmethod
+    def _run_key(tenant: str, job_id: str, attempt: int) -> str:
+        return f"{PREFIX}t:{tenant}:job:{job_id}:run:{attempt}"
 
     @staticmethod
     def _job_index_key(tenant: str) -> str:
@@ -568,23 +715,141 @@ class Store:
             cancel_requested=fields.get("cancel_requested") == "1",
         )
 
+    # Sharded runs ---------------------------------------------------------------------
+
+    def start_run(self, tenant: str, job_id: str, plan: ShardedRun) -> ProgressVerdict:
+        """Record the plan of a sharded attempt, unless the job moved on or was canceled."""
+        verdict = int(
+            self._start_run(
+                keys=[self._job_key(tenant, job_id), self._run_key(tenant, job_id, plan.attempt)],
+                args=[
+                    plan.attempt,
+                    plan.model_dump_json(),
+                    plan.total_blocks,
+                    self.job_ttl_s,
+                    "blocks",
+                ],
+            )
+        )
+        if verdict < 0:
+            return ProgressVerdict.superseded
+        return ProgressVerdict.cancel_requested if verdict else ProgressVerdict.carry_on
+
+    def get_run(self, tenant: str, job_id: str, attempt: int) -> RunProgress | None:
+        raw = self._redis.hgetall(self._run_key(tenant, job_id, attempt))
+        if not raw:
+            return None
+        fields = {cast(str, _text(k)): cast(str, _text(v)) for k, v in raw.items()}
+        return RunProgress(
+            plan=ShardedRun.model_validate_json(fields["plan"]),
+            block_results={
+                name.removeprefix("result:"): sha
+                for name, sha in fields.items()
+                if name.startswith("result:")
+            },
+            deliveries={
+                name.removeprefix("deliveries:"): int(count)
+                for name, count in fields.items()
+                if name.startswith("deliveries:")
+            },
+            started_by={
+                name.removeprefix("started_by:"): worker
+                for name, worker in fields.items()
+                if name.startswith("started_by:")
+            },
+            assembly_started=fields.get("assembly_started") == "1",
+        )
+
+    def run_verdict(self, tenant: str, job_id: str, *, attempt: int) -> ProgressVerdict:
+        """Whether a task of this attempt should carry on (read-only; for blocks, which
+        must not write the job's progress over each other's)."""
+        status, attempts, cancel = self._redis.hmget(
+            self._job_key(tenant, job_id), ["status", "attempts", "cancel_requested"]
+        )
+        if _text(status) != JobStatus.running.value or _text(attempts) != str(attempt):
+            return ProgressVerdict.superseded
+        return ProgressVerdict.cancel_requested if cancel else ProgressVerdict.carry_on
+
+    def begin_block(
+        self, tenant: str, job_id: str, *, attempt: int, block: str, worker: str
+    ) -> BlockStart:
+        """Decide whether a delivered block task solves its block; count the start if so."""
+        outcome, deliveries, awaiting = self._begin_block(
+            keys=[self._job_key(tenant, job_id), self._run_key(tenant, job_id, attempt)],
+            args=[attempt, block, worker],
+        )
+        return BlockStart(
+            outcome=BlockStartOutcome(cast(str, _text(outcome))),
+            deliveries=int(deliveries),
+            run_awaits_assembly=bool(awaiting),
+        )
+
+    def record_block(
+        self, tenant: str, job_id: str, *, attempt: int, block: str, sha256: str, share: float
+    ) -> BlockRecording:
+        """Record a block's result once, and count it in the job's progress.
+
+        The first recording of a block wins; the job's progress becomes
+        ``share * done / total`` (stage "blocks").
+        """
+        recorded, done, total = self._record_block(
+            keys=[self._job_key(tenant, job_id), self._run_key(tenant, job_id, attempt)],
+            args=[attempt, block, sha256, f"{share:.4f}"],
+        )
+        return BlockRecording(
+            recorded=int(recorded) == 1,
+            superseded=int(recorded) < 0,
+            done=int(done),
+            total=int(total),
+        )
+
+    def begin_assembly(self, tenant: str, job_id: str, *, attempt: int) -> AssemblyStart:
+        outcome, deliveries = self._begin_assembly(
+            keys=[self._job_key(tenant, job_id), self._run_key(tenant, job_id, attempt)],
+            args=[attempt],
+        )
+        return AssemblyStart(
+            outcome=AssemblyStartOutcome(cast(str, _text(outcome))), deliveries=int(deliveries)
+        )
+
     # Results and the cache ------------------------------------------------------------
 
-    def put_result(self, tenant: str, result: ResultRecord) -> None:
+    def put_result(
+        self, tenant: str, result: ResultRecord, *, only_if_absent: bool = False
+    ) -> bool:
+        """Store a result; with `only_if_absent`, keep the one stored first (False then).
+
+        Two copies of one job's last step may race (a redelivered message); the first
+        result stays, so its report and ETag never change once a client has seen them.
+        """
         key = self._result_key(tenant, result.id)
         graphs = {name: files.model_dump() for name, files in result.graphs.items()}
+        graphs_json = json.dumps(graphs, separators=(",", ":"))
+        if only_if_absent:
+            stored = self._put_result_once(
+                keys=[key],
+                args=[
+                    result.report_json,
+                    result.etag,
+                    graphs_json,
+                    result.created_at.isoformat(),
+                    self.result_ttl_s,
+                ],
+            )
+            return bool(stored)
         with self._redis.pipeline() as pipe:
             pipe.hset(
                 key,
                 mapping={
                     "report": result.report_json,
                     "etag": result.etag,
-                    "graphs": json.dumps(graphs, separators=(",", ":")),
+                    "graphs": graphs_json,
                     "created_at": result.created_at.isoformat(),
                 },
             )
             pipe.expire(key, self.result_ttl_s)
             pipe.execute()
+        return True
 
     def get_result(self, tenant: str, result_id: str) -> ResultRecord | None:
         raw = self._redis.hgetall(self._result_key(tenant, result_id))
