@@ -1,8 +1,12 @@
 """The Celery application: broker, serialization, delivery guarantees and queues.
 
 Start a worker with ``celery -A workers.celery_app worker -Q cpu`` (add ``gpu`` on hosts
-with a GPU, or run ``-Q gpu`` there). Messages carry ids only (job id, tenant): inputs
-and results live in the blob store and Redis, never in the broker.
+with a GPU, or run ``-Q gpu`` there). Messages carry ids only (job id, tenant, attempt,
+block numbers): inputs and results live in the blob store and Redis, never in the broker.
+
+Three tasks: ``analyze_sets`` (every job starts there; a small job ends there too),
+``solve_block`` (one row block of a sharded job) and ``assemble_job`` (the report of a
+sharded job, once all its blocks are recorded). See `workers.tasks`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ from api_schemas import AnalysisParams
 from service.settings import Settings, get_settings
 
 ANALYZE_SETS_TASK = "nnkgeo.analyze_sets"
+SOLVE_BLOCK_TASK = "nnkgeo.solve_block"
+ASSEMBLE_JOB_TASK = "nnkgeo.assemble_job"
+# Block and assembly tasks return a one-word outcome ("solved", "recorded", "stale"...),
+# for logs and tests; job outcomes themselves live in the job record.
+TASK_OUTCOME_TTL_S = 3600
 
 
 def queue_for(params: AnalysisParams, settings: Settings) -> str:
@@ -35,6 +44,7 @@ def create_celery_app(settings: Settings) -> Celery:
         event_serializer="json",
         # Job outcomes live in the job record (service.store), not in Celery results.
         task_ignore_result=True,
+        result_expires=TASK_OUTCOME_TTL_S,
         # Ack only once the task returned, and requeue when the child process dies: a job
         # whose worker crashed runs again (the task is idempotent; see workers.tasks).
         task_acks_late=True,
@@ -72,3 +82,33 @@ app = create_celery_app(get_settings())
 def enqueue_analysis(celery: Celery, *, job_id: str, tenant: str, queue: str) -> None:
     """Queue a job for the workers; the message holds nothing but the two ids."""
     celery.send_task(ANALYZE_SETS_TASK, args=[job_id, tenant], queue=queue, task_id=job_id)
+
+
+def enqueue_block(
+    celery: Celery,
+    *,
+    job_id: str,
+    tenant: str,
+    attempt: int,
+    set_index: int,
+    block_index: int,
+    queue: str,
+) -> str:
+    """Queue one row block of a sharded job; returns the task id."""
+    task_id = f"{job_id}.{attempt}.block.{set_index}.{block_index}"
+    celery.send_task(
+        SOLVE_BLOCK_TASK,
+        args=[job_id, tenant, attempt, set_index, block_index],
+        queue=queue,
+        task_id=task_id,
+    )
+    return task_id
+
+
+def enqueue_assembly(celery: Celery, *, job_id: str, tenant: str, attempt: int, queue: str) -> str:
+    """Queue the assembly of a sharded job whose blocks are all recorded."""
+    task_id = f"{job_id}.{attempt}.assemble"
+    celery.send_task(
+        ASSEMBLE_JOB_TASK, args=[job_id, tenant, attempt], queue=queue, task_id=task_id
+    )
+    return task_id
