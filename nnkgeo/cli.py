@@ -11,12 +11,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 
-from api_schemas import AnalysisParams
+from api_schemas import AnalysisParams, Report
 from nnkgeo.remote_cli import add_remote_commands
+
+if TYPE_CHECKING:
+    from workers.geometry import EmbeddingSet
 
 EXIT_BAD_INPUT = 2
 
@@ -85,6 +89,26 @@ def _graph_path(template: str, name: str, n_sets: int) -> Path:
     return path.with_name(f"{path.stem}-{name}{path.suffix or '.npz'}")
 
 
+def _write_report(
+    report: Report, sets: Sequence[EmbeddingSet], *, out: str, html: str | None
+) -> None:
+    """report.json, and the HTML page (with the 2-D maps: the sets' arrays are at hand)."""
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(report.model_dump_json(indent=2))
+    if html is None:
+        return
+    from nnkgeo.html_report import render_report_html
+
+    page = render_report_html(
+        report,
+        embeddings={s.name: s.embeddings for s in sets},
+        labels={s.name: s.labels for s in sets if s.labels is not None},
+    )
+    Path(html).parent.mkdir(parents=True, exist_ok=True)
+    Path(html).write_text(page, encoding="utf-8")
+
+
 def _analyze(args: argparse.Namespace) -> int:
     import scipy.sparse as sp
 
@@ -129,19 +153,7 @@ def _analyze(args: argparse.Namespace) -> int:
     finally:
         progress.close()
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(result.report.model_dump_json(indent=2))
-    if args.html is not None:
-        from nnkgeo.html_report import render_report_html
-
-        page = render_report_html(
-            result.report,
-            embeddings={s.name: s.embeddings for s in sets},
-            labels={s.name: s.labels for s in sets if s.labels is not None},
-        )
-        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.html).write_text(page, encoding="utf-8")
+    _write_report(result.report, sets, out=args.out, html=args.html)
     for template, attribute in ((args.graph, "symmetric"), (args.directed_graph, "directed")):
         if template is None:
             continue
@@ -257,19 +269,7 @@ def _study(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from error
     finally:
         progress.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(result.report.model_dump_json(indent=2))
-    if args.html is not None:
-        from nnkgeo.html_report import render_report_html
-
-        page = render_report_html(
-            result.report,
-            embeddings={s.name: s.embeddings for s in sets},
-            labels={s.name: s.labels for s in sets if s.labels is not None},
-        )
-        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.html).write_text(page, encoding="utf-8")
+    _write_report(result.report, sets, out=args.out, html=args.html)
     if args.embeddings_out:
         embeddings_out = Path(args.embeddings_out)
         embeddings_out.parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +349,9 @@ def _add_study_parser(commands) -> None:
     study.add_argument("--solver", choices=["exact", "authors"], default="exact")
     study.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     study.add_argument("--out", required=True, help="where to write report.json")
+    study.add_argument(
+        "--html", help="also write the report as one self-contained HTML page of plots"
+    )
     study.add_argument(
         "--embeddings-out", help="also save each set's embeddings, labels and ids (.npz)"
     )
