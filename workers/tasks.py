@@ -505,7 +505,10 @@ def _fan_out(
         planned.append(blocks)
     plan = ShardedRun(attempt=attempt, queue=job.queue or runtime.settings.cpu_queue, sets=planned)
     verdict = runtime.store.start_run(job.tenant, job.id, plan)
-    _raise_unless_carrying_on(verdict, job.id)
+    if verdict is not ProgressVerdict.carry_on:
+        # No run names the indexes yet, so ending the job would not remove them.
+        _discard_blobs(runtime, [s.approximate_index for s in planned if s.approximate_index])
+        _raise_unless_carrying_on(verdict, job.id)
     for set_index, blocks in enumerate(plan.sets):
         for block_index in range(len(blocks.blocks)):
             enqueue_block(
