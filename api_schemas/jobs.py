@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api_schemas.datasets import DatasetRef
+from api_schemas.models import EmbedSpec, StudySpec
 from api_schemas.params import AnalysisParams
 from api_schemas.problems import Problem
 
@@ -36,19 +37,52 @@ class EmbeddingSetSpec(BaseModel):
 
 
 class JobCreate(BaseModel):
+    """A job names its inputs in exactly one of three ways (DESIGN section 3).
+
+    - ``sets``: uploaded embeddings, one set each;
+    - ``embed``: a model reference, a dataset reference and layers: the worker embeds
+      the data, one set per layer, in depth order;
+    - ``study``: a family of models of growing size, each trained until it fits its
+      training set, then embedded and compared in size order.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
-    sets: list[EmbeddingSetSpec] = Field(min_length=1, max_length=64)
+    sets: list[EmbeddingSetSpec] | None = Field(None, min_length=1, max_length=64)
+    embed: EmbedSpec | None = None
+    study: StudySpec | None = None
     params: AnalysisParams = Field(default_factory=AnalysisParams)
+    callback_url: AnyHttpUrl | None = Field(
+        None,
+        description=(
+            "Where to POST a signed event (Standard Webhooks) when the job ends; the host "
+            "must be on the operator's allow-list."
+        ),
+    )
 
     @field_validator("sets")
     @classmethod
-    def _unique_names(cls, sets: list[EmbeddingSetSpec]) -> list[EmbeddingSetSpec]:
-        names = [s.name for s in sets]
+    def _unique_names(cls, sets: list[EmbeddingSetSpec] | None) -> list[EmbeddingSetSpec] | None:
+        names = [s.name for s in sets or ()]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"set names must be unique; repeated: {', '.join(duplicated)}")
         return sets
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> JobCreate:
+        given = [name for name in ("sets", "embed", "study") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'sets' (uploaded embeddings), 'embed' (a model and a "
+                f"dataset) or 'study' (models of growing size); got {given or 'none'}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which of the three inputs the job names: "sets", "embed" or "study"."""
+        return "sets" if self.sets is not None else "embed" if self.embed is not None else "study"
 
 
 class JobProgress(BaseModel):
