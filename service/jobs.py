@@ -34,6 +34,7 @@ from service.records import (
     utc_now,
 )
 from service.store import CancelOutcome, Store
+from service.webhooks import WebhookPolicy
 from workers.geometry import ALGORITHM_VERSION, InvalidInputError, check_set_shapes
 
 GraphKind = Literal["symmetric", "directed"]
@@ -119,11 +120,13 @@ class JobService:
         blobs: BlobStore,
         enqueue: EnqueueJob,
         queue_for: Callable[[JobSpec], str],
+        webhooks: WebhookPolicy | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._enqueue = enqueue
         self._queue_for = queue_for
+        self._webhooks = webhooks or WebhookPolicy()
 
     # Submission -----------------------------------------------------------------------
 
@@ -148,7 +151,10 @@ class JobService:
                     tenant, earlier.job_id, same_body=earlier.body_sha256 == body_sha256
                 )
         try:
-            job = self._start(tenant, job_id, self._resolve(tenant, request))
+            callback_url = self._callback_url(tenant, request)
+            job = self._start(
+                tenant, job_id, self._resolve(tenant, request), callback_url=callback_url
+            )
         except BaseException:
             if idempotency_key is not None:
                 # The request was refused or failed: a retry with the key is a new request.
@@ -177,7 +183,22 @@ class JobService:
             )
         return Submission(job=to_job_out(job), replayed=True)
 
-    def _start(self, tenant: Tenant, job_id: str, spec: JobSpec) -> JobOut:
+    def _callback_url(self, tenant: Tenant, request: JobCreate) -> str | None:
+        """The job's callback_url, once the operator's policy admits it (else a 422).
+
+        Only the URL's text is checked: nothing is resolved or requested at submission.
+        """
+        if request.callback_url is None:
+            return None
+        url = str(request.callback_url)
+        errors = self._webhooks.check_callback(tenant.name, url)
+        if errors:
+            raise invalid_input(errors)
+        return url
+
+    def _start(
+        self, tenant: Tenant, job_id: str, spec: JobSpec, *, callback_url: str | None = None
+    ) -> JobOut:
         cache_key = cache_key_for(spec)
         now = utc_now()
         cached = self._store.cached_result(tenant.name, cache_key)
@@ -194,6 +215,7 @@ class JobService:
                 progress=JobProgress(stage="succeeded", fraction=1.0),
                 cached=True,
                 result_id=cached.id,
+                callback_url=callback_url,
             )
             self._store.create_job(job)
             return to_job_out(job)
@@ -207,6 +229,7 @@ class JobService:
             queue=queue,
             cache_key=cache_key,
             created_at=now,
+            callback_url=callback_url,
         )
         gone = self._store.pin_datasets(tenant.name, job_id, spec.dataset_ids())
         if gone:

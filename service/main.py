@@ -27,7 +27,13 @@ from service.metrics import HttpMetrics, HttpMetricsMiddleware, JobMetricsCollec
 from service.routes import datasets, health, jobs
 from service.settings import Settings, get_settings
 from service.store import Store
-from workers.celery_app import create_celery_app, enqueue_analysis, queue_for
+from service.webhooks import WebhookPolicy
+from workers.celery_app import (
+    create_celery_app,
+    enqueue_analysis,
+    job_end_announcer,
+    queue_for,
+)
 
 API_VERSION = "1.0.0"
 STAGING_LEFTOVER_AGE_S = 24 * 3600
@@ -73,10 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level)
     keyring = ApiKeyring.from_settings(settings)
-    store = Store.from_settings(settings)
+    celery = create_celery_app(settings)
+    # Jobs also end here (a queued job canceled, a cache hit): their webhooks go out too.
+    store = Store.from_settings(settings, on_job_finished=job_end_announcer(celery, settings))
     blobs = BlobStore(settings.data_dir)
     blobs.ensure_directories()
-    celery = create_celery_app(settings)
 
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
@@ -94,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             blobs=blobs,
             enqueue=lambda **ids: enqueue_analysis(celery, **ids),
             queue_for=lambda spec: queue_for(spec.params, settings),
+            webhooks=WebhookPolicy.from_settings(settings),
         ),
         celery=celery,
         metrics_registry=registry,

@@ -119,6 +119,9 @@ class JobRecord(BaseModel):
     result_id: str | None = None
     attempts: int = Field(0, description="Deliveries to a worker (more than one after a crash).")
     cancel_requested: bool = False
+    callback_url: str | None = Field(
+        None, description="Where the job's end is POSTed as a signed webhook event, if set."
+    )
 
 
 class GraphFiles(BaseModel):

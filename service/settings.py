@@ -156,6 +156,55 @@ class Settings(BaseSettings):
             raise ValueError("CPU_QUEUE and GPU_QUEUE must differ")
         return self
 
+    # Webhooks (service.webhooks, workers.webhooks) -------------------------------------
+
+    webhook_allowed_hosts: str = Field(
+        "",
+        description=(
+            "Hosts a job's callback_url may name, comma-separated: `host` (any port) or "
+            "`host:port`; empty = callback_url refused."
+        ),
+    )
+    webhook_secrets: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Signing secrets as `tenant:whsec_...,tenant2:whsec_...`; a tenant without one "
+            "cannot use callback_url."
+        ),
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=50, description="Worker: POSTs of one event before it is given up."
+    )
+    webhook_backoff_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Worker: wait before the first retry of a delivery; doubled at each retry, up "
+            "to 10 minutes (and below half of VISIBILITY_TIMEOUT_S)."
+        ),
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=60, description="Worker: how long one POST may take (connect and read)."
+    )
+    webhook_queue: str = Field(
+        "",
+        pattern=r"^([a-z][a-z0-9_-]*)?$",
+        description=(
+            "Celery queue of webhook deliveries; empty = CPU_QUEUE. Name a queue of its own "
+            "(served by a small worker) so that events never wait behind long jobs."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _webhook_settings_are_usable(self) -> Self:
+        # Parsed here too, so that a malformed secret or host stops the process at start
+        # rather than refusing every callback_url later.
+        from service.webhooks import parse_allowed_hosts, parse_webhook_secrets
+
+        parse_allowed_hosts(self.webhook_allowed_hosts)
+        parse_webhook_secrets(self.webhook_secrets.get_secret_value())
+        return self
+
 
 def load_settings() -> Settings:
     """Read the settings from the environment, or raise one readable ConfigurationError."""

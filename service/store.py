@@ -11,6 +11,8 @@ Layout (all keys start with ``nnkgeo:``; ``{t}`` is a tenant name, restricted by
     lock:blob:{sha}               lock held while a blob file is created or removed
     t:{t}:job:{id}                hash, the job record; TTL JOB_TTL_S
     t:{t}:job:{id}:run:{attempt}  hash, one attempt at a sharded job (below); TTL JOB_TTL_S
+    t:{t}:job:{id}:webhook        hash, delivery of the job's end event (`WebhookDelivery`);
+                                  TTL JOB_TTL_S
     t:{t}:jobs                    zset of job ids, all scores 0 (ids sort by creation time)
     t:{t}:result:{id}             hash {report, etag, graphs, created_at}; TTL RESULT_TTL_S
     t:{t}:cache:{cache_key}       string, result id; TTL RESULT_TTL_S
@@ -38,9 +40,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -68,6 +71,11 @@ FINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 IDEMPOTENCY_IN_FLIGHT_TTL_S = 60
 
 _LIST_BATCH = 64
+
+JobFinishedHook = Callable[[JobRecord, JobStatus], None]
+"""Called once per job that reaches a final status, after the transition is stored."""
+
+logger = logging.getLogger(__name__)
 
 _CLAIM_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -234,6 +242,23 @@ class Claim:
     job: JobRecord | None
 
 
+class WebhookState(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    given_up = "given_up"
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """Where the delivery of a job's end event stands (its POSTs so far)."""
+
+    event_id: str
+    state: WebhookState
+    attempts: int
+    last_outcome: str | None
+    updated_at: datetime | None
+
+
 class CancelOutcome(StrEnum):
     canceled = "canceled"
     requested = "requested"
@@ -351,8 +376,10 @@ class Store:
         result_ttl_s: int,
         job_ttl_s: int,
         idempotency_ttl_s: int,
+        on_job_finished: JobFinishedHook | None = None,
     ) -> None:
         self._redis = client
+        self._on_job_finished = on_job_finished
         self.result_ttl_s = result_ttl_s
         self.job_ttl_s = job_ttl_s
         self.idempotency_ttl_s = idempotency_ttl_s
@@ -368,7 +395,9 @@ class Store:
         self._put_result_once = client.register_script(_PUT_RESULT_ONCE)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
+    def from_settings(
+        cls, settings: Settings, *, on_job_finished: JobFinishedHook | None = None
+    ) -> Store:
         client = redis.Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=5,
@@ -381,6 +410,7 @@ class Store:
             result_ttl_s=settings.result_ttl_s,
             job_ttl_s=settings.job_ttl_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,
+            on_job_finished=on_job_finished,
         )
 
     def ping(self) -> bool:
@@ -416,6 +446,10 @@ class Store:
     @staticmethod
     def _run_key(tenant: str, job_id: str, attempt: int) -> str:
         return f"{PREFIX}t:{tenant}:job:{job_id}:run:{attempt}"
+
+    @staticmethod
+    def _webhook_key(tenant: str, job_id: str) -> str:
+        return f"{PREFIX}t:{tenant}:job:{job_id}:webhook"
 
     @staticmethod
     def _job_index_key(tenant: str) -> str:
@@ -556,6 +590,8 @@ class Store:
             if job.status.finished:
                 pipe.hincrby(self._FINISHED_KEY, job.status.value, 1)
             pipe.execute()
+        if job.status.finished:
+            self._announce_finished(job, job.status)
 
     def get_job(self, tenant: str, job_id: str) -> JobRecord | None:
         fields = self._redis.hgetall(self._job_key(tenant, job_id))
@@ -649,7 +685,22 @@ class Store:
             job.id,
             status.value,
         ]
-        return bool(self._finish_job(keys=keys, args=args))
+        ended = bool(self._finish_job(keys=keys, args=args))
+        if ended:
+            self._announce_finished(job, status)
+        return ended
+
+    def _announce_finished(self, job: JobRecord, status: JobStatus) -> None:
+        # Every final transition passes here (worker, cancel, cache hit, failed enqueue),
+        # and only the caller whose script made the transition gets here: so each job's
+        # end is announced once. The transition is already stored: a failing hook (the
+        # broker down) must not fail or undo it, so it is logged, not raised.
+        if self._on_job_finished is None:
+            return
+        try:
+            self._on_job_finished(job, status)
+        except Exception:
+            logger.exception("job %s: announcing its end (%s) failed", job.id, status.value)
 
     def request_cancel(self, job: JobRecord, *, now: datetime) -> CancelOutcome:
         if self.finish_job(
@@ -687,6 +738,7 @@ class Store:
             "result_id": job.result_id,
             "attempts": str(job.attempts),
             "cancel_requested": "1" if job.cancel_requested else None,
+            "callback_url": job.callback_url,
         }
         return {name: value for name, value in fields.items() if value is not None}
 
@@ -713,7 +765,69 @@ class Store:
             result_id=fields.get("result_id"),
             attempts=int(fields.get("attempts", "0")),
             cancel_requested=fields.get("cancel_requested") == "1",
+            callback_url=fields.get("callback_url"),
         )
+
+    # Webhook deliveries ---------------------------------------------------------------
+
+    def get_webhook_delivery(self, tenant: str, job_id: str) -> WebhookDelivery | None:
+        raw = self._redis.hgetall(self._webhook_key(tenant, job_id))
+        if not raw:
+            return None
+        fields = {cast(str, _text(k)): cast(str, _text(v)) for k, v in raw.items()}
+        return WebhookDelivery(
+            event_id=fields["event_id"],
+            state=WebhookState(fields["state"]),
+            attempts=int(fields.get("attempts", "0")),
+            last_outcome=fields.get("last_outcome"),
+            updated_at=_parse_time(fields.get("updated_at")),
+        )
+
+    def record_webhook_attempt(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        event_id: str,
+        outcome: str,
+        state: WebhookState,
+        now: datetime,
+    ) -> int:
+        """Count one POST of the job's event and its outcome; returns the POSTs so far."""
+        key = self._webhook_key(tenant, job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hincrby(key, "attempts", 1)
+            pipe.hset(
+                key,
+                mapping={
+                    "event_id": event_id,
+                    "state": state.value,
+                    "last_outcome": outcome,
+                    "updated_at": now.isoformat(),
+                },
+            )
+            pipe.expire(key, self.job_ttl_s)
+            attempts, *_ = pipe.execute()
+        return int(attempts)
+
+    def give_up_webhook(
+        self, tenant: str, job_id: str, *, event_id: str, reason: str, now: datetime
+    ) -> None:
+        """Mark the event as never to be sent (again), without counting a POST."""
+        key = self._webhook_key(tenant, job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hsetnx(key, "attempts", 0)
+            pipe.hset(
+                key,
+                mapping={
+                    "event_id": event_id,
+                    "state": WebhookState.given_up.value,
+                    "last_outcome": reason,
+                    "updated_at": now.isoformat(),
+                },
+            )
+            pipe.expire(key, self.job_ttl_s)
+            pipe.execute()
 
     # Sharded runs ---------------------------------------------------------------------
 

@@ -6,19 +6,24 @@ block numbers): inputs and results live in the blob store and Redis, never in th
 
 Three tasks: ``analyze_sets`` (every job starts there; a small job ends there too),
 ``solve_block`` (one row block of a sharded job) and ``assemble_job`` (the report of a
-sharded job, once all its blocks are recorded). See `workers.tasks`.
+sharded job, once all its blocks are recorded). See `workers.tasks`. And
+``deliver_webhook``, which POSTs a job's end to its callback_url (`workers.webhooks`).
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from api_schemas import AnalysisParams
+from api_schemas import AnalysisParams, JobStatus
+from service.records import JobRecord
 from service.settings import Settings, get_settings
+from service.store import JobFinishedHook
+from service.webhooks import event_id_for
 
 ANALYZE_SETS_TASK = "nnkgeo.analyze_sets"
 SOLVE_BLOCK_TASK = "nnkgeo.solve_block"
 ASSEMBLE_JOB_TASK = "nnkgeo.assemble_job"
+DELIVER_WEBHOOK_TASK = "nnkgeo.deliver_webhook"
 # Block and assembly tasks return a one-word outcome ("solved", "recorded", "stale"...),
 # for logs and tests; job outcomes themselves live in the job record.
 TASK_OUTCOME_TTL_S = 3600
@@ -34,7 +39,10 @@ def queue_for(params: AnalysisParams, settings: Settings) -> str:
 
 def create_celery_app(settings: Settings) -> Celery:
     celery = Celery(
-        "nnkgeo", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks"]
+        "nnkgeo",
+        broker=settings.redis_url,
+        backend=settings.redis_url,
+        include=["workers.tasks", "workers.webhooks"],
     )
     celery.conf.update(
         # JSON only: a pickle-accepting worker runs whatever a broker writer sends it.
@@ -112,3 +120,32 @@ def enqueue_assembly(celery: Celery, *, job_id: str, tenant: str, attempt: int, 
         ASSEMBLE_JOB_TASK, args=[job_id, tenant, attempt], queue=queue, task_id=task_id
     )
     return task_id
+
+
+def webhook_queue(settings: Settings) -> str:
+    return settings.webhook_queue or settings.cpu_queue
+
+
+def enqueue_webhook(celery: Celery, *, tenant: str, job_id: str, event_id: str, queue: str) -> None:
+    """Queue the delivery of one job event; the message holds ids only, never the body."""
+    celery.send_task(
+        DELIVER_WEBHOOK_TASK, args=[tenant, job_id, event_id], queue=queue, task_id=event_id
+    )
+
+
+def job_end_announcer(celery: Celery, settings: Settings) -> JobFinishedHook:
+    """The store's `on_job_finished` hook: queue a webhook for jobs with a callback_url."""
+    queue = webhook_queue(settings)
+
+    def announce(job: JobRecord, status: JobStatus) -> None:
+        if job.callback_url is None:
+            return
+        enqueue_webhook(
+            celery,
+            tenant=job.tenant,
+            job_id=job.id,
+            event_id=event_id_for(job.id, status),
+            queue=queue,
+        )
+
+    return announce

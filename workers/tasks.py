@@ -78,6 +78,7 @@ from workers.celery_app import (
     app,
     enqueue_assembly,
     enqueue_block,
+    job_end_announcer,
 )
 from workers.geometry import (
     ALGORITHM_VERSION,
@@ -153,7 +154,9 @@ def worker_runtime() -> WorkerRuntime:
         settings = get_settings()
         _runtime = WorkerRuntime(
             settings=settings,
-            store=Store.from_settings(settings),
+            # Every job's end, on any path (finish, cancel, failure, time limit), is
+            # announced by the store: jobs with a callback_url get their webhook queued.
+            store=Store.from_settings(settings, on_job_finished=job_end_announcer(app, settings)),
             blobs=BlobStore(settings.data_dir),
         )
         _runtime_pid = os.getpid()
