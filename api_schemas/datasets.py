@@ -7,7 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DatasetFormat = Literal["npy", "npz", "safetensors", "parquet"]
+DatasetFormat = Literal["npy", "npz", "safetensors", "parquet", "torchscript", "pt2"]
+"""How an upload is encoded: files of arrays (``npy``, ``npz``, ``safetensors``,
+``parquet``; a model's weights are ``safetensors``) or whole models (``torchscript``:
+``torch.jit.save``; ``pt2``: ``torch.export.save``), which list no arrays."""
+
+MODEL_FORMATS: frozenset[str] = frozenset({"torchscript", "pt2"})
 
 
 class ArrayInfo(BaseModel):
@@ -21,7 +26,7 @@ class DatasetOut(BaseModel):
     sha256: str
     format: DatasetFormat
     size_bytes: int
-    arrays: list[ArrayInfo]
+    arrays: list[ArrayInfo] = Field(description="The arrays it holds; empty for a model file.")
     created_at: datetime
 
 

@@ -37,7 +37,8 @@ def _reference_kind(keys: tuple[str, ...]):
     """A discriminator picking the union member by which of ``keys`` the input holds."""
 
     def kind(value: Any) -> str | None:
-        present = value if isinstance(value, dict) else vars(value) if value is not None else {}
+        # Not only dicts and specs reach here: `"model": false` must be a 422, not a crash.
+        present = value if isinstance(value, dict) else getattr(value, "__dict__", {})
         for key in keys:
             if present.get(key) is not None:
                 return key

@@ -2,18 +2,22 @@
 
 An upload is written to a staging file while it is hashed and counted; it is refused
 (413) as soon as it passes NNKGEO_MAX_UPLOAD_BYTES, then checked by
-`workers.arrayfiles.inspect_arrays`, and only then moved to its content address. On any
-failure the staging file is removed: nothing half-written stays behind.
+`workers.arrayfiles.inspect_arrays` (a model file: by `check_model_archive`), and only
+then moved to its content address. On any failure the staging file is removed: nothing
+half-written stays behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio.to_thread
 
+from api_schemas.datasets import MODEL_FORMATS
 from api_schemas.problems import FieldError
 from service.auth import Tenant
 from service.blobs import BlobStore, StagedBlob
@@ -22,6 +26,7 @@ from service.records import DATASET_ID_PATTERN, DatasetRecord, StoredArray, utc_
 from service.retention import remove_blob_if_unreferenced
 from service.store import Store
 from workers.arrayfiles import array_stats, inspect_arrays, load_array
+from workers.geometry import InvalidInputError
 
 # Disk writes leave the event loop in blocks of this size, not per network chunk.
 _WRITE_BLOCK_BYTES = 1 << 20
@@ -45,6 +50,52 @@ def upload_too_large(limit: int) -> ProblemError:
         f"The upload is larger than the limit of {limit} bytes (NNKGEO_MAX_UPLOAD_BYTES).",
         slug="upload-too-large",
     )
+
+
+def check_model_archive(path: Path, *, fmt: str) -> None:
+    """Refuse an upload that is not the zip archive ``torch.jit.save`` or ``torch.export.save``
+    writes: one root directory holding the entries that format always has, every CRC intact.
+
+    Only the container is checked, without torch (which the API does not load); whether
+    the model loads, and is safe to run, is vetted by the worker that runs it
+    (`workers.models.loading`), where a failure fails the job with a 422 naming the field.
+
+    Raises
+    ------
+    InvalidInputError
+        ``field="file"`` for a file that is not such an archive.
+    """
+    saved_by = "torch.jit.save" if fmt == "torchscript" else "torch.export.save"
+    if not zipfile.is_zipfile(path):
+        raise InvalidInputError("file", f"a {fmt} model is the zip archive {saved_by} writes")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info.filename for info in archive.infolist() if not info.is_dir()]
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError) as error:
+        raise InvalidInputError("file", f"a damaged zip archive: {error}") from None
+    if damaged is not None:
+        raise InvalidInputError("file", f"a damaged zip archive: {damaged!r} fails its CRC")
+    roots = {name.split("/", 1)[0] for name in names}
+    if len(roots) != 1 or any("/" not in name for name in names):
+        raise InvalidInputError(
+            "file", f"not a {fmt} archive: {saved_by} puts every entry under one directory"
+        )
+    entries = {name.split("/", 1)[1] for name in names}
+    if fmt == "torchscript":
+        looks_right = (
+            "data.pkl" in entries
+            and bool({"version", ".data/version"} & entries)
+            and any(entry.startswith("code/") for entry in entries)
+        )
+    else:
+        looks_right = "archive_format" in entries and any(
+            entry.startswith("models/") and entry.endswith(".json") for entry in entries
+        )
+    if not looks_right:
+        raise InvalidInputError(
+            "file", f"not a {fmt} archive: it lacks the entries {saved_by} always writes"
+        )
 
 
 class DatasetService:
@@ -103,6 +154,9 @@ class DatasetService:
     @staticmethod
     def _describe_arrays(staged: StagedBlob, fmt: str) -> list[StoredArray]:
         """Validate the file (InvalidInputError -> 422) and note what jobs will check."""
+        if fmt in MODEL_FORMATS:
+            check_model_archive(staged.path, fmt=fmt)
+            return []
         described = []
         for info in inspect_arrays(staged.path, fmt=fmt):
             zero_rows = None

@@ -23,6 +23,7 @@ from api_schemas import Problem
 from api_schemas.problems import FieldError
 from service.problems import problem_type
 from workers.geometry.errors import InvalidInputError
+from workers.models.errors import PathNotAllowedError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -94,6 +95,17 @@ def invalid_input_from_core(error: InvalidInputError, *, field_prefix: str = "")
     return invalid_input([FieldError(field=field, message=error.message)])
 
 
+def path_not_allowed(error: PathNotAllowedError) -> ProblemError:
+    """403: a dataset path outside the operator's allow-listed roots (NNKGEO_DATA_ROOTS)."""
+    return ProblemError(
+        403,
+        f"{error.field}: {error.message}",
+        slug="path-not-allowed",
+        title="Path not allowed",
+        errors=[FieldError(field=error.field, message=error.message)],
+    )
+
+
 def problem_response(problem: Problem, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         problem.model_dump(mode="json", exclude_none=True),
@@ -131,8 +143,12 @@ async def _handle_problem_error(request: Request, error: Exception) -> JSONRespo
 
 async def _handle_invalid_input(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, InvalidInputError)
-    problem = invalid_input_from_core(error).to_problem(instance=request.url.path)
-    return problem_response(problem)
+    mapped = (
+        path_not_allowed(error)
+        if isinstance(error, PathNotAllowedError)
+        else invalid_input_from_core(error)
+    )
+    return problem_response(mapped.to_problem(instance=request.url.path))
 
 
 async def _handle_request_validation(request: Request, error: Exception) -> JSONResponse:
@@ -207,6 +223,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 _PROBLEM_DESCRIPTIONS = {
     400: "Malformed request (e.g. a body that is not JSON).",
     401: "Missing or unknown API key.",
+    403: "A dataset path outside the allow-listed directories (NNKGEO_DATA_ROOTS).",
     404: "No such resource for this tenant.",
     409: "The resource is not in a state that allows this.",
     410: "The result has expired.",

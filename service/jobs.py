@@ -3,6 +3,7 @@
 A submission is validated completely before anything is queued (datasets of the
 tenant, array names, shapes and label counts from upload metadata, zero rows under the
 cosine kernel, k < N), so that a worker only ever fails on what metadata cannot show.
+Embed and study jobs are checked by `service.model_jobs`, as far as torch is not needed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from api_schemas.problems import FieldError
 from service.auth import Tenant
 from service.blobs import BlobStore
 from service.errors import ProblemError, invalid_input, not_found
+from service.model_jobs import resolve_model_job
 from service.records import (
     JOB_ID_PATTERN,
     ArrayInput,
@@ -54,7 +56,19 @@ def cache_key_for(spec: JobSpec) -> str:
     """What makes two jobs' results identical: the algorithm, the params, the input bytes.
 
     Scoped per tenant by the store, so one tenant's result is never another's cache hit.
+    An embed or study job is identified by its spec as given (defaults filled in) and
+    the bytes of every upload it names.
     """
+    if spec.kind != "sets":
+        model_job = spec.embed if spec.kind == "embed" else spec.study
+        assert model_job is not None
+        model_content = {
+            "algorithm_version": ALGORITHM_VERSION,
+            "params": spec.params.model_dump(mode="json"),
+            spec.kind: model_job.model_dump(mode="json"),
+            "uploads": {upload.dataset: upload.sha256 for upload in spec.uploads},
+        }
+        return hashlib.sha256(canonical_json(model_content).encode()).hexdigest()
 
     def array(item: ArrayInput | None) -> dict[str, str] | None:
         return None if item is None else {"sha256": item.sha256, "array": item.array}
@@ -120,12 +134,14 @@ class JobService:
         blobs: BlobStore,
         enqueue: EnqueueJob,
         queue_for: Callable[[JobSpec], str],
+        data_roots: Sequence[Path] = (),
         webhooks: WebhookPolicy | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._enqueue = enqueue
         self._queue_for = queue_for
+        self._data_roots = tuple(data_roots)
         self._webhooks = webhooks or WebhookPolicy()
 
     # Submission -----------------------------------------------------------------------
@@ -201,7 +217,7 @@ class JobService:
     ) -> JobOut:
         cache_key = cache_key_for(spec)
         now = utc_now()
-        cached = self._store.cached_result(tenant.name, cache_key)
+        cached = self._store.cached_result(tenant.name, cache_key) if spec.cacheable else None
         if cached is not None:
             job = JobRecord(
                 id=job_id,
@@ -263,6 +279,10 @@ class JobService:
 
     def _resolve(self, tenant: Tenant, request: JobCreate) -> JobSpec:
         """Turn dataset references into exact blobs and arrays, checking all of them."""
+        if request.kind != "sets":
+            return resolve_model_job(
+                request, store=self._store, tenant=tenant.name, data_roots=self._data_roots
+            )
         errors: list[FieldError] = []
         datasets: dict[str, DatasetRecord | None] = {}
         params = request.params
@@ -307,7 +327,7 @@ class JobService:
             )
             return resolved, stored
 
-        for set_spec in request.sets:
+        for set_spec in request.sets or ():
             where = f"sets[{set_spec.name}]"
             embeddings = resolve(set_spec.embeddings, f"{where}.embeddings")
             labels = resolve(set_spec.labels, f"{where}.labels")
@@ -419,10 +439,10 @@ class JobService:
         return Report.model_validate_json(self.report(tenant=tenant, job_id=job_id).json)
 
     def graph_file(self, *, tenant: Tenant, job_id: str, set_name: str, kind: GraphKind) -> Path:
-        job, result = self._result(tenant, job_id)
+        _, result = self._result(tenant, job_id)
         files = result.graphs.get(set_name)
         if files is None:
-            names = ", ".join(s.name for s in job.spec.sets)
+            names = ", ".join(result.graphs)
             raise not_found(f"Set {set_name!r} of job {job_id} (its sets: {names})")
         path = self._blobs.path_of(files.sha256_of(kind))
         if not path.is_file():

@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             blobs=blobs,
             enqueue=lambda **ids: enqueue_analysis(celery, **ids),
             queue_for=lambda spec: queue_for(spec.params, settings),
+            data_roots=settings.data_root_paths,
             webhooks=WebhookPolicy.from_settings(settings),
         ),
         celery=celery,

@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +24,7 @@ from api_schemas import (
     Problem,
 )
 from api_schemas.datasets import DatasetFormat
+from api_schemas.models import DirectoryDataset, EmbedSpec, StudySpec
 
 DATASET_ID_PATTERN = re.compile(r"^ds_[0-9a-f]{32}$")
 # Job ids start with the creation time in milliseconds (12 hex digits), so that their
@@ -95,12 +97,44 @@ class SetInput(BaseModel):
         return [a for a in (self.embeddings, self.labels, self.ids) if a is not None]
 
 
+class UploadInput(BaseModel):
+    """An upload an embed or study job reads (a dataset, a model, weights): its bytes."""
+
+    dataset: str
+    sha256: str
+    format: DatasetFormat
+
+
+JobKind = Literal["sets", "embed", "study"]
+
+
 class JobSpec(BaseModel):
-    sets: list[SetInput]
+    """What a job reads, resolved at submission.
+
+    A ``sets`` job names its arrays in ``sets``; an ``embed`` or ``study`` job keeps the
+    request's spec as given (the worker builds its sets, one per layer and model) and the
+    bytes of every upload it names in ``uploads``, so that its worker needs no dataset
+    record.
+    """
+
+    kind: JobKind = "sets"
+    sets: list[SetInput] = Field(default_factory=list)
+    embed: EmbedSpec | None = None
+    study: StudySpec | None = None
+    uploads: list[UploadInput] = Field(default_factory=list)
     params: AnalysisParams
 
     def dataset_ids(self) -> list[str]:
-        return sorted({array.dataset for s in self.sets for array in s.arrays()})
+        return sorted(
+            {array.dataset for s in self.sets for array in s.arrays()}
+            | {upload.dataset for upload in self.uploads}
+        )
+
+    @property
+    def cacheable(self) -> bool:
+        """False for a directory dataset: its files may change under the same path."""
+        model_job = self.embed or self.study
+        return model_job is None or not isinstance(model_job.dataset, DirectoryDataset)
 
 
 class JobRecord(BaseModel):

@@ -130,6 +130,18 @@ class Settings(BaseSettings):
         pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
         description="Log level of the API and the workers.",
     )
+    data_roots: str = Field(
+        "",
+        description=(
+            "Directories (comma-separated, absolute) that `path` datasets of "
+            "embed and study jobs may read; empty = no directory datasets (403)."
+        ),
+    )
+
+    @property
+    def data_root_paths(self) -> list[Path]:
+        """`data_roots` as paths, blanks dropped."""
+        return [Path(part.strip()) for part in self.data_roots.split(",") if part.strip()]
 
     @model_validator(mode="after")
     def _time_limits_are_ordered(self) -> Self:

@@ -8,6 +8,8 @@ whose worker died is claimed again and finishes once.
 Every job starts as ``analyze_sets``, which claims it (attempt n) and plans it
 (`workers.sharding`):
 
+- an embed or study job builds its sets with `workers.model_jobs` (training, embedding)
+  and is analysed right there, never sharded;
 - a small job (every set one block) is analysed right there by `analyze`;
 - a large one is fanned out: ``analyze_sets`` validates the sets, builds each set's
   approximate index once (``knn="approximate"``), records the plan under attempt n and
@@ -92,12 +94,15 @@ from workers.geometry import (
 )
 from workers.geometry.analysis import (
     NNKGraph,
+    ProgressCallback,
     build_approximate_index_for,
     build_nnk_graph,
     measure_set,
     resolve_device,
 )
 from workers.geometry.report import comparison
+from workers.model_jobs import build_model_job_sets
+from workers.models import PathNotAllowedError
 from workers.sharding import (
     ShardingLimits,
     needs_sharding,
@@ -109,6 +114,8 @@ from workers.sharding import (
 )
 
 PROGRESS_INTERVAL_S = 0.5
+# Share of an embed or study job's progress spent making its sets (training, embedding).
+MODEL_PROGRESS_SHARE = 0.8
 # Share of a sharded job's progress that its blocks span; the assembly (metrics) the rest.
 BLOCKS_PROGRESS_SHARE = 0.9
 
@@ -366,6 +373,23 @@ def ending_job_on_error(
     except AnalysisCanceled:
         ending.status = JobStatus.canceled
         end_job(runtime, job, JobStatus.canceled, attempt=attempt)
+    except PathNotAllowedError as error:
+        # The roots may have changed since submission, or a link inside them now points out.
+        ending.status = JobStatus.failed
+        end_job(
+            runtime,
+            job,
+            JobStatus.failed,
+            attempt=attempt,
+            error=job_problem(
+                job_id,
+                status=403,
+                title="Path not allowed",
+                slug="path-not-allowed",
+                detail=f"{error.field}: {error.message}",
+                errors=[FieldError(field=error.field, message=error.message)],
+            ),
+        )
     except InvalidInputError as error:
         ending.status = JobStatus.failed
         end_job(
@@ -427,7 +451,8 @@ def _succeed(
     only_if_absent: bool = False,
 ) -> None:
     result = _store_result(runtime, job, analysis, only_if_absent=only_if_absent)
-    runtime.store.remember_result(job.tenant, job.cache_key, result.id)
+    if job.spec.cacheable:
+        runtime.store.remember_result(job.tenant, job.cache_key, result.id)
     end_job(runtime, job, JobStatus.succeeded, attempt=attempt, result_id=result.id)
 
 
@@ -537,6 +562,9 @@ def run_job(job_id: str, tenant: str) -> None:
         with ending_job_on_error(runtime, job, attempt=attempt):
             if job.cancel_requested:
                 raise AnalysisCanceled(f"job {job_id} was canceled")
+            if job.spec.kind != "sets":
+                _run_model_job(runtime, job, attempt=attempt)
+                return
             sets = [_load_set(runtime.blobs, set_input) for set_input in job.spec.sets]
             set_blocks = _plan(runtime, sets, job)
             if needs_sharding([s.blocks for s in set_blocks]):
@@ -555,6 +583,35 @@ def run_job(job_id: str, tenant: str) -> None:
             sweep_expired_graphs(runtime.store, runtime.blobs)
         except Exception:
             logger.exception("sweeping expired graphs failed")
+
+
+def _progress_share(progress: ProgressCallback, start: float, share: float) -> ProgressCallback:
+    def report(stage: str, fraction: float) -> None:
+        progress(stage, start + share * fraction)
+
+    return report
+
+
+def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> None:
+    """An embed or study job: make its sets (`workers.model_jobs`), analyse them here.
+
+    Never sharded: its sets exist only in this process, and training dominates anyway.
+    """
+    progress = JobProgressReporter(runtime.store, job, attempt=attempt)
+    sets = build_model_job_sets(
+        job.spec,
+        locate_blob=runtime.blobs.path_of,
+        data_roots=runtime.settings.data_root_paths,
+        progress=_progress_share(progress, 0.0, MODEL_PROGRESS_SHARE),
+    )
+    analysis = analyze(
+        sets,
+        params=job.spec.params,
+        job_id=job.id,
+        progress=_progress_share(progress, MODEL_PROGRESS_SHARE, 1 - MODEL_PROGRESS_SHARE),
+        n_threads=runtime.threads,
+    )
+    _succeed(runtime, job, analysis, attempt=attempt)
 
 
 # solve_block: one row block of a sharded job --------------------------------------------

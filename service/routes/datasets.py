@@ -51,7 +51,10 @@ def _declared_length(content_length: str | None) -> int | None:
         "Send the file as the raw request body with `Content-Type: application/octet-stream`."
         " The upload is streamed to disk, validated (parses, no pickles, supported dtypes, "
         "non-empty, finite floats) and stored by content: the same bytes give the same "
-        "dataset (200 instead of 201)."
+        "dataset (200 instead of 201). Models for `embed` jobs are uploaded the same way: "
+        "`format=torchscript` (`torch.jit.save`) or `format=pt2` (`torch.export.save`), "
+        "checked here as archives (they list no arrays) and loaded only by the worker; "
+        "weights for a built-in family are `format=safetensors`."
     ),
     responses={
         200: {"model": DatasetOut, "description": "These bytes were uploaded before."},

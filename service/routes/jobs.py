@@ -54,7 +54,7 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
         "With an `Idempotency-Key`, repeating the same body returns the first job."
     ),
     dependencies=[Depends(require_json)],
-    responses=problem_responses(400, 401, 409, 415, 422, 503),
+    responses=problem_responses(400, 401, 403, 409, 415, 422, 503),
 )
 def submit_job(
     body: JobCreate,

@@ -200,7 +200,8 @@ def test_gaussian_kernel_accepts_zero_rows(alpha: httpx.Client) -> None:
     ("body", "field"),
     [
         ({"sets": []}, "sets"),
-        ({"params": {"k": 5}}, "sets"),
+        # None of sets, embed and study: the body as a whole is wrong (its message names them).
+        ({"params": {"k": 5}}, "body"),
         ({"sets": [{"name": "a", "embeddings": {"dataset": "ds_x"}}], "bogus": 1}, "bogus"),
         (
             {"sets": [{"name": "a", "embeddings": {"dataset": "ds_x"}}], "params": {"kk": 5}},

@@ -1,0 +1,110 @@
+"""The embedding sets of an embed or study job, computed by `workers.models`.
+
+The job record names each upload by id and sha256 (resolved at submission), so the
+uploads are read from the blob store by content, never through a dataset record that
+may have been deleted since. torch is imported on the first job, not by the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from service.records import JobSpec
+from workers.geometry import EmbeddingSet, InvalidInputError
+from workers.geometry.analysis import ProgressCallback
+from workers.models import PathNotAllowedError
+
+__all__ = ["build_model_job_sets"]
+
+
+def _prefixed(error: InvalidInputError, prefix: str) -> InvalidInputError:
+    """The error with its field under ``prefix`` (``model`` -> ``embed.model``)."""
+    if error.field == prefix or error.field.startswith(f"{prefix}."):
+        return error
+    kind = PathNotAllowedError if isinstance(error, PathNotAllowedError) else InvalidInputError
+    return kind(f"{prefix}.{error.field}", error.message)
+
+
+def build_model_job_sets(
+    spec: JobSpec,
+    *,
+    locate_blob: Callable[[str], Path],
+    data_roots: Sequence[Path],
+    progress: ProgressCallback | None = None,
+) -> list[EmbeddingSet]:
+    """Load the data, then embed it with the model (embed) or train and embed (study).
+
+    Parameters
+    ----------
+    spec : JobSpec
+        Of kind ``"embed"`` or ``"study"``.
+    locate_blob : callable
+        Maps an upload's sha256 to the path of its bytes.
+    data_roots : sequence of Path
+        The allow-listed directories (``NNKGEO_DATA_ROOTS``).
+    progress : callable, optional
+        ``progress(stage, fraction)``: ``"load"``, then ``"embed"`` (embed) or
+        ``"train:<model>"`` and ``"embed:<model>"`` (study); may raise to cancel.
+
+    Raises
+    ------
+    InvalidInputError
+        With the field under ``embed.`` or ``study.`` (``embed.model.torchscript``,
+        ``study.layers``); a :class:`PathNotAllowedError` for a directory outside the roots.
+    """
+    from workers.models import embed_sets, load_dataset, load_model, run_study
+
+    sha256_of = {upload.dataset: upload.sha256 for upload in spec.uploads}
+    prefix = spec.kind
+
+    def locate_upload(upload_id: str) -> Path:
+        path = locate_blob(sha256_of[upload_id]) if upload_id in sha256_of else None
+        if path is None or not path.is_file():
+            raise InvalidInputError(
+                prefix, f"upload {upload_id} was deleted before the job ran; upload it again"
+            )
+        return path
+
+    if progress is not None:
+        progress("load", 0.0)
+    try:
+        if spec.kind == "embed":
+            assert spec.embed is not None
+            dataset = load_dataset(
+                spec.embed.dataset,
+                locate_upload=locate_upload,
+                data_roots=data_roots,
+                field="embed.dataset",
+            )
+            model = load_model(
+                spec.embed.model,
+                locate_upload=locate_upload,
+                input_shape=dataset.inputs.shape[1:],
+                n_classes=int(dataset.classes.size),
+                field="embed.model",
+            )
+            return embed_sets(
+                spec.embed,
+                model=model,
+                dataset=dataset,
+                params=spec.params,
+                device=spec.params.device,
+                progress=progress,
+            )
+        assert spec.study is not None
+        dataset = load_dataset(
+            spec.study.dataset,
+            locate_upload=locate_upload,
+            data_roots=data_roots,
+            field="study.dataset",
+        )
+        return run_study(
+            spec.study,
+            dataset=dataset,
+            params=spec.params,
+            device=spec.params.device,
+            progress=progress,
+        )
+    except InvalidInputError as error:
+        raise _prefixed(error, prefix) from error
