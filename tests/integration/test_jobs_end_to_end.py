@@ -91,7 +91,9 @@ def test_report_equals_the_in_process_engine(
 
     assert response.status_code == 200
     served = Report.model_validate_json(response.content)
-    assert served.job_id == finished_job["id"]
+    # A cache hit (an earlier test may have run the same inputs) serves the stored
+    # report, which names the job that computed it.
+    assert served.job_id == finished_job["id"] or finished_job["cached"]
     expected = in_process.report.model_dump(mode="json")
     assert comparable(served.model_dump(mode="json")) == comparable(expected)
 
