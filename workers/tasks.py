@@ -373,24 +373,10 @@ def ending_job_on_error(
     except AnalysisCanceled:
         ending.status = JobStatus.canceled
         end_job(runtime, job, JobStatus.canceled, attempt=attempt)
-    except PathNotAllowedError as error:
-        # The roots may have changed since submission, or a link inside them now points out.
-        ending.status = JobStatus.failed
-        end_job(
-            runtime,
-            job,
-            JobStatus.failed,
-            attempt=attempt,
-            error=job_problem(
-                job_id,
-                status=403,
-                title="Path not allowed",
-                slug="path-not-allowed",
-                detail=f"{error.field}: {error.message}",
-                errors=[FieldError(field=error.field, message=error.message)],
-            ),
-        )
     except InvalidInputError as error:
+        # A refused path is a 403: the roots may have changed since submission, or a
+        # link inside them now points out.
+        refused_path = isinstance(error, PathNotAllowedError)
         ending.status = JobStatus.failed
         end_job(
             runtime,
@@ -399,9 +385,9 @@ def ending_job_on_error(
             attempt=attempt,
             error=job_problem(
                 job_id,
-                status=422,
-                title="Invalid input",
-                slug="invalid-input",
+                status=403 if refused_path else 422,
+                title="Path not allowed" if refused_path else "Invalid input",
+                slug="path-not-allowed" if refused_path else "invalid-input",
                 detail=f"{error.field}: {error.message}",
                 errors=[FieldError(field=error.field, message=error.message)],
             ),
