@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from api_schemas import JobCreate, JobLinks, JobList, JobOut, JobProgress, JobStatus, Report
 from api_schemas.datasets import DatasetRef
 from api_schemas.problems import FieldError
@@ -37,6 +39,7 @@ from service.records import (
 )
 from service.store import CancelOutcome, Store
 from service.webhooks import WebhookPolicy
+from workers.arrayfiles import load_array
 from workers.geometry import ALGORITHM_VERSION, InvalidInputError, check_set_shapes
 
 GraphKind = Literal["symmetric", "directed"]
@@ -437,6 +440,32 @@ class JobService:
 
     def report_model(self, *, tenant: Tenant, job_id: str) -> Report:
         return Report.model_validate_json(self.report(tenant=tenant, job_id=job_id).json)
+
+    def report_arrays(
+        self, *, tenant: Tenant, job_id: str
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Embeddings and labels by set name, memory-mapped, for the page's 2-D maps.
+
+        Only a ``sets`` job's inputs are stored (an embed or study job's embeddings live
+        in its worker only); a set whose input file is gone is left out: the page then
+        says its map is not available.
+        """
+        job, _ = self._result(tenant, job_id)
+        embeddings: dict[str, np.ndarray] = {}
+        labels: dict[str, np.ndarray] = {}
+        for set_input in job.spec.sets:
+            try:
+                embeddings[set_input.name] = self._mapped(set_input.embeddings)
+                if set_input.labels is not None:
+                    labels[set_input.name] = self._mapped(set_input.labels)
+            except (OSError, InvalidInputError):
+                embeddings.pop(set_input.name, None)
+        return embeddings, labels
+
+    def _mapped(self, array: ArrayInput) -> np.ndarray:
+        return load_array(
+            self._blobs.path_of(array.sha256), fmt=array.format, name=array.array, mmap=True
+        )
 
     def graph_file(self, *, tenant: Tenant, job_id: str, set_name: str, kind: GraphKind) -> Path:
         _, result = self._result(tenant, job_id)

@@ -161,8 +161,9 @@ def get_report(
 )
 def get_report_html(job_id: JobId, tenant: CurrentTenant, jobs: JobServiceDep) -> HTMLResponse:
     report = jobs.report_model(tenant=tenant, job_id=job_id)
+    embeddings, labels = jobs.report_arrays(tenant=tenant, job_id=job_id)
     return HTMLResponse(
-        render_report_html(report, job_id=job_id),
+        render_report_html(report, job_id=job_id, embeddings=embeddings, labels=labels),
         headers={
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             "Cache-Control": _CACHE_CONTROL,

@@ -76,8 +76,9 @@ def test_served_page_shows_both_sets_escaped(alpha: httpx.Client, two_set_job: d
         assert f"{set_report['loo_error']['nnk_weighted']:.4g}" in text
     assert "<b>" not in page and "&lt;b&gt;zero&lt;/b&gt;" in page
     assert ODD_LABEL in text
-    # The service keeps no embeddings at report time: the map gives way to a note.
-    assert page.count("the embeddings were not given") == 2
+    # The service maps each set's stored embeddings to draw its 2-D map.
+    assert "the embeddings were not given" not in page
+    assert page.count("2-D map of the embeddings (PCA)") == 2
 
 
 @pytest.mark.slow
@@ -92,6 +93,6 @@ def test_served_page_loads_in_chromium_without_errors_or_requests(
     assert seen.errors == []
     assert seen.requests == [url]
     assert seen.facts["scrollWidth"] <= seen.facts["innerWidth"]
-    assert len(seen.facts["svgs"]) == 1 + 4 + 3 * 2  # overview, comparison, three per set
+    assert len(seen.facts["svgs"]) == 1 + 4 + 4 * 2  # overview, comparison, four per set (map)
     image = decode_png(seen.screenshot)[..., :3].reshape(-1, 3)
     assert np.any(image != np.array([0xF6, 0xF7, 0xF9]), axis=1).mean() > 0.02
