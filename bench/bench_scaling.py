@@ -103,13 +103,14 @@ def _process_tree_cpu_s(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def _deployment(root: Path, configuration: Configuration) -> Iterator[Any]:
+def _deployment(root: Path, configuration: Configuration, *, shard_rows: int) -> Iterator[Any]:
     """Redis, the API and `configuration.workers` workers; stopped on exit."""
     from tests.integration.stack import ServiceStack
 
     settings = {
         "NNKGEO_WORKER_THREADS": str(configuration.threads_per_worker),
         "NNKGEO_SHARD_MIN_POINTS": "50000" if configuration.sharded else str(2**40),
+        "NNKGEO_SHARD_ROWS": str(shard_rows),
         "NNKGEO_LOG_LEVEL": "WARNING",
     }
     stack = ServiceStack(root, settings=settings)
@@ -148,6 +149,7 @@ def measure(
     labels: np.ndarray,
     *,
     k: int,
+    shard_rows: int,
     quiet_load: float,
     quiet_wait_s: float,
 ) -> Measurement:
@@ -155,7 +157,7 @@ def measure(
 
     with (
         tempfile.TemporaryDirectory(prefix="nnkgeo-scaling-") as root,
-        _deployment(Path(root), configuration) as (stack, workers),
+        _deployment(Path(root), configuration, shard_rows=shard_rows) as (stack, workers),
         stack.client("alpha") as client,
     ):
         embeddings_id, labels_id = _upload(client, points), _upload(client, labels)
@@ -206,6 +208,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--shard-rows",
+        type=int,
+        default=32_768,
+        help="NNKGEO_SHARD_ROWS (the default gives 200k points 6 blocks: 1, 2 or 3 per worker)",
+    )
+    parser.add_argument(
         "--configs", nargs="+", choices=list(CONFIGURATIONS), default=list(CONFIGURATIONS)
     )
     parser.add_argument(
@@ -218,7 +226,7 @@ def main() -> None:
     points, labels = clustered_embeddings(args.n, args.d, seed=args.seed)
     print(
         f"machine: {_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{args.n} x {args.d}, k={args.k}, exact, cosine",
+        f"{args.n} x {args.d}, k={args.k}, exact, cosine, blocks of {args.shard_rows} rows",
         flush=True,
     )
     measurements: dict[str, Measurement] = {}
@@ -228,6 +236,7 @@ def main() -> None:
             points,
             labels,
             k=args.k,
+            shard_rows=args.shard_rows,
             quiet_load=args.quiet_load,
             quiet_wait_s=args.quiet_wait_s,
         )
@@ -267,6 +276,7 @@ def main() -> None:
                     "n": args.n,
                     "d": args.d,
                     "k": args.k,
+                    "shard_rows": args.shard_rows,
                     "measurements": [asdict(m) for m in measurements.values()],
                     "ratios": ratios,
                 },
