@@ -68,6 +68,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def code_version() -> str:
+    """The commit measured, and which files under service/ and workers/ differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service", "workers", "api_schemas"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+    except OSError:
+        return "unknown"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return commit + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def load1() -> float:
     return os.getloadavg()[0]
 
@@ -402,7 +420,7 @@ def run_loadgen(stack: Any, key: str, path: str, *extra: str, timeout_s: float) 
 # The stack ------------------------------------------------------------------------------
 
 
-def start_stack(root: Path, *, max_upload_bytes: int) -> Any:
+def start_stack(root: Path, *, max_upload_bytes: int, extra: dict[str, str]) -> Any:
     from tests.integration.stack import ServiceStack
 
     if shutil.which("redis-server") is None:
@@ -410,7 +428,11 @@ def start_stack(root: Path, *, max_upload_bytes: int) -> Any:
         raise SystemExit("redis-server is not on PATH; the benchmark needs a private one")
     stack = ServiceStack(
         root=root,
-        settings={"NNKGEO_MAX_UPLOAD_BYTES": str(max_upload_bytes), "NNKGEO_LOG_LEVEL": "INFO"},
+        settings={
+            "NNKGEO_MAX_UPLOAD_BYTES": str(max_upload_bytes),
+            "NNKGEO_LOG_LEVEL": "INFO",
+            **extra,
+        },
     )
     return stack
 
@@ -829,6 +851,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=["report", "tiny", "upload"], action="append", help="run only these"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the stack's processes, e.g. NNKGEO_WORKER_THREADS=1",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -849,6 +878,9 @@ def main(argv: list[str]) -> None:
 
     print_metric("machine", f"{cpu_model()}, {os.cpu_count()} cores, {platform.platform()}")
     print_metric("python", platform.python_version())
+    print_metric("code", code_version())
+    if args.env:
+        print_metric("stack_env", " ".join(args.env))
     print_metric("load1_at_start", f"{load1():.2f}")
     from tests.integration.stack import TENANT_KEYS
 
@@ -856,7 +888,8 @@ def main(argv: list[str]) -> None:
     stack = None
     results: dict[str, Any] = {"machine": cpu_model(), "cores": os.cpu_count()}
     try:
-        stack = start_stack(tmp / "stack", max_upload_bytes=4 << 30)
+        extra = dict(item.split("=", 1) for item in args.env)
+        stack = start_stack(tmp / "stack", max_upload_bytes=4 << 30, extra=extra)
         started = time.perf_counter()
         stack.start()
         print(f"stack up in {time.perf_counter() - started:.1f} s at {stack.base_url}")
