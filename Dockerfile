@@ -20,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY api_schemas ./api_schemas
 COPY service ./service
 COPY workers ./workers
+COPY modelcheck ./modelcheck
 COPY nnkgeo ./nnkgeo
 RUN pip install .
 

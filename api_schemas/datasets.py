@@ -7,12 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DatasetFormat = Literal["npy", "npz", "safetensors", "parquet", "torchscript", "pt2"]
+DatasetFormat = Literal["npy", "npz", "safetensors", "parquet", "torchscript", "pt2", "onnx"]
 """How an upload is encoded: files of arrays (``npy``, ``npz``, ``safetensors``,
 ``parquet``; a model's weights are ``safetensors``) or whole models (``torchscript``:
-``torch.jit.save``; ``pt2``: ``torch.export.save``), which list no arrays."""
+``torch.jit.save``; ``pt2``: ``torch.export.save``; ``onnx``: an ONNX model), which list no
+arrays."""
 
-MODEL_FORMATS: frozenset[str] = frozenset({"torchscript", "pt2"})
+MODEL_FORMATS: frozenset[str] = frozenset({"torchscript", "pt2", "onnx"})
 
 
 class ArrayInfo(BaseModel):

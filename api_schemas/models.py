@@ -168,24 +168,36 @@ class ExportedModel(_Spec):
     exported: UploadedFile
 
 
+class OnnxModel(_Spec):
+    """An uploaded ONNX model (``format=onnx``), run by onnxruntime in the sandbox.
+
+    Its layers are ONNX value names; ``"penultimate"`` is the input of the last Gemm or
+    MatMul node, ``"all"`` the outputs of its activation and global-pooling nodes.
+    """
+
+    onnx: UploadedFile
+
+
 FamilyModel = Annotated[MLPModel | CNNModel, Field(discriminator="family")]
 """A built-in family, picked by ``family``."""
 
 ModelSpec = Annotated[
     Annotated[FamilyModel, Tag("family")]
     | Annotated[TorchScriptModel, Tag("torchscript")]
-    | Annotated[ExportedModel, Tag("exported")],
+    | Annotated[ExportedModel, Tag("exported")]
+    | Annotated[OnnxModel, Tag("onnx")],
     Discriminator(
-        _reference_kind(("family", "torchscript", "exported")),
+        _reference_kind(("family", "torchscript", "exported", "onnx")),
         custom_error_type="model_reference",
         custom_error_message=(
             "a model reference is {'family': 'mlp', 'depth', 'width'}, {'family': 'cnn', "
             "'width_multiplier'} (each with optional 'weights': {'dataset': ID}), "
-            "{'torchscript': {'dataset': ID}} or {'exported': {'dataset': ID}}"
+            "{'torchscript': {'dataset': ID}}, {'exported': {'dataset': ID}} or "
+            "{'onnx': {'dataset': ID}}"
         ),
     ),
 ]
-"""One of the ways to name a model: a built-in family, TorchScript, or torch.export."""
+"""One of the ways to name a model: a built-in family, TorchScript, torch.export or ONNX."""
 
 
 # --------------------------------------------------------------------------- layers

@@ -41,7 +41,17 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TextIO, TypeAlias, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    TextIO,
+    TypeAlias,
+    TypeVar,
+    get_args,
+)
 
 import httpx
 from pydantic import ValidationError
@@ -103,8 +113,11 @@ FORMAT_BY_SUFFIX = {
     ".safetensors": "safetensors",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".onnx": "onnx",
+    ".pt2": "pt2",
 }
-UploadFormat = Literal["npy", "npz", "safetensors", "parquet"]
+UploadFormat = Literal["npy", "npz", "safetensors", "parquet", "torchscript", "pt2", "onnx"]
+_FORMAT_CHOICES = "'npy'|'npz'|'safetensors'|'parquet'|'onnx'|'torchscript'|'pt2'"
 GraphKind = Literal["symmetric", "directed"]
 DatasetLike: TypeAlias = "str | DatasetOut | DatasetRef"
 SetInputs: TypeAlias = (
@@ -202,7 +215,8 @@ def _buffer_chunks(buffers: Sequence[bytes | memoryview]) -> Iterator[bytes]:
 
 
 def format_for_path(path: str | os.PathLike[str]) -> UploadFormat:
-    """The upload format a file's suffix names (``.npy``, ``.npz``, ``.safetensors``, parquet).
+    """The upload format a file's suffix names (``.npy``, ``.npz``, ``.safetensors``,
+    parquet; models: ``.onnx``, ``.pt2``; a TorchScript ``.pt`` needs ``format=``).
 
     Raises
     ------
@@ -216,7 +230,7 @@ def format_for_path(path: str | os.PathLike[str]) -> UploadFormat:
         known = ", ".join(sorted(FORMAT_BY_SUFFIX))
         raise UsageError(
             f"cannot tell the format of {os.fspath(path)!r} from its suffix ({known}); "
-            "pass format='npy'|'npz'|'safetensors'|'parquet'"
+            f"pass format={_FORMAT_CHOICES}"
         ) from None
 
 
@@ -234,7 +248,7 @@ def _upload_body(obj: object, fmt: str | None) -> _UploadBody:
         return _UploadBody(format=chosen, length=path.stat().st_size, path=path)
     if isinstance(obj, bytes | bytearray | memoryview):
         if fmt is None:
-            raise UsageError("uploading raw bytes needs format='npy'|'npz'|'safetensors'|'parquet'")
+            raise UsageError(f"uploading raw bytes needs format={_FORMAT_CHOICES}")
         view = memoryview(obj).cast("B")
         return _UploadBody(format=_check_format(fmt), length=len(view), buffers=(view,))
     module = _module_of(obj)
@@ -252,8 +266,8 @@ def _upload_body(obj: object, fmt: str | None) -> _UploadBody:
 
 
 def _check_format(fmt: str) -> UploadFormat:
-    if fmt not in ("npy", "npz", "safetensors", "parquet"):
-        raise UsageError(f"format must be npy, npz, safetensors or parquet, got {fmt!r}")
+    if fmt not in get_args(UploadFormat):
+        raise UsageError(f"format must be one of {_FORMAT_CHOICES}, got {fmt!r}")
     return fmt  # type: ignore[return-value]
 
 
@@ -1026,8 +1040,10 @@ class Client(_ClientBase):
             ``os.PathLike``) is streamed from disk, its format taken from the suffix. A
             DataFrame or a pyarrow Table is sent as parquet: one array per column, and
             ``"__columns__"`` for its float columns side by side.
-        format : {"npy", "npz", "safetensors", "parquet"}, optional
-            For a path with another suffix, or raw bytes.
+        format : {"npy", "npz", "safetensors", "parquet", "onnx", "torchscript", "pt2"}, optional
+            For a path with another suffix, or raw bytes. A model file (``.onnx``,
+            ``.pt2``, or a TorchScript archive with ``format="torchscript"``) is for an
+            ``embed`` job; it lists no arrays.
 
         Returns
         -------

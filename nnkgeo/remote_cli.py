@@ -28,12 +28,12 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
 from api_schemas import DatasetOut, JobOut, JobStatus, Report, SetReport
-from nnkgeo.client import Client
+from nnkgeo.client import Client, UploadFormat
 from nnkgeo.errors import (
     JobError,
     JobTimeoutError,
@@ -88,12 +88,16 @@ def add_remote_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     upload = subparsers.add_parser(
         "upload",
         parents=[connection],
-        help="upload an array file to the service",
+        help="upload an array file (or a model file) to the service",
         description="Upload one file (streamed); the same bytes give the same dataset id.",
     )
-    upload.add_argument("file", help=".npy, .npz, .safetensors or .parquet")
     upload.add_argument(
-        "--format", choices=["npy", "npz", "safetensors", "parquet"], help="default: the suffix"
+        "file",
+        help=".npy, .npz, .safetensors or .parquet; a model: .onnx, .pt2, or TorchScript "
+        "with --format torchscript",
+    )
+    upload.add_argument(
+        "--format", choices=list(get_args(UploadFormat)), help="default: the suffix"
     )
     upload.add_argument("-q", "--quiet", action="store_true", help="print only the dataset id")
     upload.set_defaults(handler=_with_client(_upload))

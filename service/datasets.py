@@ -2,8 +2,9 @@
 
 An upload is written to a staging file while it is hashed and counted; it is refused
 (413) as soon as it passes NNKGEO_MAX_UPLOAD_BYTES, then checked by
-`workers.arrayfiles.inspect_arrays` (a model file: by `check_model_archive`), and only
-then moved to its content address. On any failure the staging file is removed: nothing
+`workers.arrayfiles.inspect_arrays` (a model file: by `check_model_archive` and the op
+allow-list of `modelcheck`, which reads the model as data and imports no torch), and
+only then moved to its content address. On any failure the staging file is removed: nothing
 half-written stays behind.
 """
 
@@ -19,6 +20,7 @@ import anyio.to_thread
 
 from api_schemas.datasets import MODEL_FORMATS
 from api_schemas.problems import FieldError
+from modelcheck import ModelRefusedError, check_model_file
 from service.auth import Tenant
 from service.blobs import BlobStore, StagedBlob
 from service.errors import ProblemError, invalid_input, not_found
@@ -56,9 +58,10 @@ def check_model_archive(path: Path, *, fmt: str) -> None:
     """Refuse an upload that is not the zip archive ``torch.jit.save`` or ``torch.export.save``
     writes: one root directory holding the entries that format always has, every CRC intact.
 
-    Only the container is checked, without torch (which the API does not load); whether
-    the model loads, and is safe to run, is vetted by the worker that runs it
-    (`workers.models.loading`), where a failure fails the job with a 422 naming the field.
+    Only the container is checked here, without torch (which the API does not load);
+    `modelcheck` then reads its code against the op allow-list. Whether the model loads
+    is found by the worker, in its sandbox, where a failure fails the job with a 422
+    naming the field.
 
     Raises
     ------
@@ -155,7 +158,12 @@ class DatasetService:
     def _describe_arrays(staged: StagedBlob, fmt: str) -> list[StoredArray]:
         """Validate the file (InvalidInputError -> 422) and note what jobs will check."""
         if fmt in MODEL_FORMATS:
-            check_model_archive(staged.path, fmt=fmt)
+            if fmt != "onnx":
+                check_model_archive(staged.path, fmt=fmt)
+            try:
+                check_model_file(staged.path, fmt=fmt)
+            except ModelRefusedError as error:
+                raise InvalidInputError("file", str(error)) from None
             return []
         described = []
         for info in inspect_arrays(staged.path, fmt=fmt):

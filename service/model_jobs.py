@@ -5,7 +5,7 @@ the API can know without loading a model is checked here, and refused with a 422
 the field (403 for a directory outside ``NNKGEO_DATA_ROOTS``):
 
 - every upload it names exists for the tenant and has the right format (a dataset: npz
-  or safetensors; weights: safetensors; a model: torchscript or pt2);
+  or safetensors; weights: safetensors; a model: onnx, torchscript or pt2);
 - an uploaded dataset holds its inputs (N x F or N x C x H x W, numbers) and its labels
   (one per input), by the names the request gives or ``inputs`` / ``labels``;
 - a directory lies inside the allow-listed roots (its files are read by the worker);
@@ -35,6 +35,7 @@ from api_schemas.models import (
     LayerSelection,
     MLPModel,
     MLPWidths,
+    OnnxModel,
     StudySpec,
     TorchScriptModel,
     UploadedDataset,
@@ -236,6 +237,13 @@ class _ModelJobResolver:
                 field="embed.model.exported.dataset",
                 formats=("pt2",),
                 what="a torch.export program",
+            )
+        elif isinstance(model, OnnxModel):
+            self.upload(
+                model.onnx.dataset,
+                field="embed.model.onnx.dataset",
+                formats=("onnx",),
+                what="an ONNX model",
             )
 
     def study(self, spec: StudySpec) -> None:

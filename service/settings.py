@@ -138,6 +138,43 @@ class Settings(BaseSettings):
         ),
     )
 
+    worker_memory_bytes: int = Field(
+        4 * GIB,
+        ge=256 * 1024**2,
+        description=(
+            "Worker: memory budget of one job. An uploaded model's sandboxed process may "
+            "map this much beyond its runtime (RLIMIT_AS)."
+        ),
+    )
+    model_cpu_seconds: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Worker: CPU seconds (summed over threads) an uploaded model may use; "
+            "0 = 80 % of TASK_SOFT_TIME_LIMIT_S."
+        ),
+    )
+    sandbox_min_landlock_abi: int = Field(
+        4,
+        ge=4,
+        description=(
+            "Worker: lowest Landlock ABI it accepts for the model sandbox (4 is the first "
+            "that also confines TCP); below it uploaded models are refused."
+        ),
+    )
+    unsafe_allow_unsandboxed_models: bool = Field(
+        False,
+        description=(
+            "Worker: run uploaded models even where the sandbox cannot be enforced "
+            "(no Landlock or seccomp). Unsafe with more than one tenant."
+        ),
+    )
+
+    @property
+    def model_cpu_limit_s(self) -> int:
+        """CPU seconds an uploaded model may use (`model_cpu_seconds`, or its default)."""
+        return self.model_cpu_seconds or max(1, int(0.8 * self.task_soft_time_limit_s))
+
     @property
     def data_root_paths(self) -> list[Path]:
         """`data_roots` as paths, blanks dropped."""

@@ -12,13 +12,18 @@ sharded job, once all its blocks are recorded). See `workers.tasks`. And
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from celery.signals import worker_init
 
 from api_schemas import AnalysisParams, JobStatus
 from service.records import JobRecord
 from service.settings import Settings, get_settings
 from service.store import JobFinishedHook
 from service.webhooks import event_id_for
+
+logger = logging.getLogger(__name__)
 
 ANALYZE_SETS_TASK = "nnkgeo.analyze_sets"
 SOLVE_BLOCK_TASK = "nnkgeo.solve_block"
@@ -85,6 +90,31 @@ def create_celery_app(settings: Settings) -> Celery:
 
 
 app = create_celery_app(get_settings())
+
+
+@worker_init.connect
+def _check_model_sandbox(**_: object) -> None:
+    """Say at start-up whether this worker can run uploaded models, and why not.
+
+    Probed once in the main process, before the pool forks: its children inherit the
+    answer (`workers.models.sandbox.runner.sandbox_support` caches it).
+    """
+    from workers.models.sandbox.runner import sandbox_support
+
+    settings = get_settings()
+    status = sandbox_support(
+        min_landlock_abi=settings.sandbox_min_landlock_abi,
+        allow_unsandboxed=settings.unsafe_allow_unsandboxed_models,
+    )
+    if status.enforceable:
+        logger.info("%s", status.description)
+    elif status.allowed:
+        logger.warning(
+            "%s; uploaded models WILL run unconfined (NNKGEO_UNSAFE_ALLOW_UNSANDBOXED_MODELS)",
+            status.description,
+        )
+    else:
+        logger.error("%s; jobs with uploaded models will be refused", status.description)
 
 
 def enqueue_analysis(celery: Celery, *, job_id: str, tenant: str, queue: str) -> None:

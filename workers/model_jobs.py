@@ -14,6 +14,7 @@ from service.records import JobSpec
 from workers.geometry import EmbeddingSet, InvalidInputError
 from workers.geometry.analysis import ProgressCallback
 from workers.models import PathNotAllowedError
+from workers.models.sandbox.runner import SandboxPolicy
 
 __all__ = ["build_model_job_sets"]
 
@@ -31,6 +32,7 @@ def build_model_job_sets(
     *,
     locate_blob: Callable[[str], Path],
     data_roots: Sequence[Path],
+    sandbox: SandboxPolicy,
     progress: ProgressCallback | None = None,
 ) -> list[EmbeddingSet]:
     """Load the data, then embed it with the model (embed) or train and embed (study).
@@ -43,6 +45,9 @@ def build_model_job_sets(
         Maps an upload's sha256 to the path of its bytes.
     data_roots : sequence of Path
         The allow-listed directories (``NNKGEO_DATA_ROOTS``).
+    sandbox : SandboxPolicy
+        How an uploaded model (TorchScript, torch.export, ONNX) is run: never in this
+        process, always in a confined child under these limits.
     progress : callable, optional
         ``progress(stage, fraction)``: ``"load"``, then ``"embed"`` (embed) or
         ``"train:<model>"`` and ``"embed:<model>"`` (study); may raise to cancel.
@@ -83,6 +88,7 @@ def build_model_job_sets(
                 input_shape=dataset.inputs.shape[1:],
                 n_classes=int(dataset.classes.size),
                 field="embed.model",
+                sandbox=sandbox,
             )
             return embed_sets(
                 spec.embed,

@@ -103,6 +103,11 @@ from workers.geometry.analysis import (
 from workers.geometry.report import comparison
 from workers.model_jobs import build_model_job_sets
 from workers.models import PathNotAllowedError
+from workers.models.sandbox.runner import (
+    SandboxPolicy,
+    SandboxUnavailableError,
+    sandbox_support,
+)
 from workers.sharding import (
     ShardingLimits,
     needs_sharding,
@@ -392,6 +397,22 @@ def ending_job_on_error(
                 errors=[FieldError(field=error.field, message=error.message)],
             ),
         )
+    except SandboxUnavailableError as error:
+        logger.error("job %s: %s", job_id, error)
+        ending.status = JobStatus.failed
+        end_job(
+            runtime,
+            job,
+            JobStatus.failed,
+            attempt=attempt,
+            error=job_problem(
+                job_id,
+                status=503,
+                title="Model sandbox unavailable",
+                slug="sandbox-unavailable",
+                detail=str(error),
+            ),
+        )
     except SoftTimeLimitExceeded:
         ending.status = JobStatus.failed
         end_job(
@@ -578,6 +599,29 @@ def _progress_share(progress: ProgressCallback, start: float, share: float) -> P
     return report
 
 
+def model_sandbox_policy(runtime: WorkerRuntime) -> SandboxPolicy:
+    """How this worker runs uploaded models: limits from the job's budget, confinement
+    from the start-up probe (:func:`workers.models.sandbox.runner.sandbox_support`)."""
+    settings = runtime.settings
+    status = sandbox_support(
+        min_landlock_abi=settings.sandbox_min_landlock_abi,
+        allow_unsandboxed=settings.unsafe_allow_unsandboxed_models,
+    )
+    return SandboxPolicy(
+        memory_bytes=settings.worker_memory_bytes,
+        cpu_seconds=settings.model_cpu_limit_s,
+        # Below the soft time limit, so that the model's own deadline is what ends it.
+        wall_seconds=0.9 * settings.task_soft_time_limit_s,
+        threads=runtime.threads,
+        confine=status.enforceable,
+        protected_paths=(settings.data_dir.resolve(), *settings.data_root_paths),
+        unavailable=None
+        if status.allowed
+        else f"This worker cannot sandbox uploaded models ({status.description}); the "
+        "operator must run it where Landlock (ABI >= 4) and seccomp are available.",
+    )
+
+
 def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> None:
     """An embed or study job: make its sets (`workers.model_jobs`), analyse them here.
 
@@ -588,6 +632,7 @@ def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> N
         job.spec,
         locate_blob=runtime.blobs.path_of,
         data_roots=runtime.settings.data_root_paths,
+        sandbox=model_sandbox_policy(runtime),
         progress=_progress_share(progress, 0.0, MODEL_PROGRESS_SHARE),
     )
     analysis = analyze(

@@ -52,9 +52,11 @@ def _declared_length(content_length: str | None) -> int | None:
         " The upload is streamed to disk, validated (parses, no pickles, supported dtypes, "
         "non-empty, finite floats) and stored by content: the same bytes give the same "
         "dataset (200 instead of 201). Models for `embed` jobs are uploaded the same way: "
-        "`format=torchscript` (`torch.jit.save`) or `format=pt2` (`torch.export.save`), "
-        "checked here as archives (they list no arrays) and loaded only by the worker; "
-        "weights for a built-in family are `format=safetensors`."
+        "`format=onnx`, `format=torchscript` (`torch.jit.save`) or `format=pt2` "
+        "(`torch.export.save`). They list no arrays; each is read here as data, never "
+        "loaded, and refused (422 naming the op and where it is) when it calls anything "
+        "outside the op allow-list; the worker runs it only in its sandbox. Weights for a "
+        "built-in family are `format=safetensors`."
     ),
     responses={
         200: {"model": DatasetOut, "description": "These bytes were uploaded before."},

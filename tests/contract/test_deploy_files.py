@@ -176,3 +176,22 @@ def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> No
     documented = set(re.findall(r"`(NNKGEO_[A-Z0-9_]+)`", readme))
     assert documented >= SETTING_NAMES, SETTING_NAMES - documented
     assert "## Local analysis (no server)" in readme
+
+
+def test_workers_keep_the_model_sandbox_enforceable(compose, dockerfile) -> None:
+    """Stands in for a Docker daemon, which this machine lacks: nothing in the deploy files
+    turns off what the sandbox needs (seccomp filters, Landlock) or allows unsandboxed
+    models; the worker's start-up probe checks the rest on the real host."""
+    for name in ("worker", "gpu-worker"):
+        service = compose["services"][name]
+        assert not service.get("privileged", False), name
+        options = [str(option).replace("=", ":") for option in service.get("security_opt", [])]
+        assert "no-new-privileges:true" in options, (name, options)
+        assert not any(
+            option.startswith(("seccomp:unconfined", "apparmor:unconfined")) for option in options
+        )
+        assert not service.get("cap_add"), (name, service.get("cap_add"))
+        environment = {**compose["x-nnkgeo-env"], **service.get("environment", {})}
+        assert "NNKGEO_UNSAFE_ALLOW_UNSANDBOXED_MODELS" not in environment, name
+    copied = [arguments.split()[0] for keyword, arguments in dockerfile if keyword == "COPY"]
+    assert "modelcheck" in copied, "the API checks uploaded models with modelcheck"

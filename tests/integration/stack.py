@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -48,6 +49,18 @@ def wait_until(
                 return
         time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+# Every test worker process (and what it spawns) maps at most this much: a test that
+# goes wrong fails with MemoryError or dies, instead of taking the host down.
+WORKER_ADDRESS_SPACE_BYTES = 8 * 1024**3
+
+
+def _limit_address_space(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
 
 
 @dataclass
@@ -104,7 +117,14 @@ class ServiceStack:
         env.update(overrides)
         return env
 
-    def _spawn(self, name: str, command: list[str], **env_overrides: str) -> Managed:
+    def _spawn(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        address_space_bytes: int | None = None,
+        **env_overrides: str,
+    ) -> Managed:
         log_path = self.root / f"{name}.log"
         log = log_path.open("ab")
         process = subprocess.Popen(
@@ -115,6 +135,9 @@ class ServiceStack:
             stderr=subprocess.STDOUT,
             # Its own process group: the tests kill a worker with everything it forked.
             start_new_session=True,
+            preexec_fn=None
+            if address_space_bytes is None
+            else _limit_address_space(address_space_bytes),
         )
         log.close()
         return Managed(name=name, process=process, log_path=log_path)
@@ -172,6 +195,7 @@ class ServiceStack:
                 "--loglevel",
                 "INFO",
             ],
+            address_space_bytes=WORKER_ADDRESS_SPACE_BYTES,
             **env_overrides,
         )
         return node_name

@@ -171,6 +171,27 @@ def test_file_path_is_streamed_with_the_format_of_its_suffix(
         nnk.upload(tmp_path / "missing.npy")
 
 
+def test_model_files_upload_by_suffix_or_format_and_list_no_arrays(
+    nnk: Client, tmp_path: Path
+) -> None:
+    from tests.security import hostile_models
+
+    onnx_path = tmp_path / "mlp.onnx"
+    onnx_path.write_bytes(hostile_models.honest_onnx()[0])
+    scripted = tmp_path / "mlp.pt"
+    scripted.write_bytes(hostile_models.honest_torchscript())
+
+    from_onnx = nnk.upload(onnx_path)
+    from_script = nnk.upload(scripted, format="torchscript")
+
+    assert (from_onnx.format, from_onnx.arrays) == ("onnx", [])
+    assert (from_script.format, from_script.arrays) == ("torchscript", [])
+    with pytest.raises(UsageError, match="torchscript"):
+        nnk.upload(scripted)
+    with pytest.raises(UsageError, match="format must be one of"):
+        nnk.upload(scripted, format="keras")  # type: ignore[arg-type]
+
+
 def test_pyarrow_table_uploads_as_parquet(
     nnk: Client, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:

@@ -343,17 +343,35 @@ def test_missing_folder_inside_the_roots_fails_the_job_not_the_submission(
     _failure(_finished(client, body), 422, "study.dataset.path")
 
 
-def test_torchscript_that_fails_to_load_fails_the_job_naming_the_model(
-    client: httpx.Client, uploads: dict[str, str]
+def test_torchscript_that_is_not_torchscript_source_is_refused_at_upload(
+    client: httpx.Client,
 ) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("archive/data.pkl", b"\x80\x04garbage, not a pickle")
         archive.writestr("archive/code/__torch__/model.py", b"class Garbage:\n")
         archive.writestr("archive/version", b"3\n")
-    garbage = _uploaded(client, buffer.getvalue(), "torchscript")["id"]
+    problem = assert_problem(
+        upload(client, buffer.getvalue(), fmt="torchscript"), 422, field="file"
+    )
+    assert "code/__torch__/model.py:1" in problem["detail"]
 
-    job = _finished(client, _embed_body(uploads, model={"torchscript": {"dataset": garbage}}))
+
+def test_torchscript_that_passes_the_check_but_fails_to_load_fails_the_job_naming_the_model(
+    client: httpx.Client, uploads: dict[str, str], scripted_model: bytes
+) -> None:
+    """Its tensors' storage is missing: read as data it is fine, torch cannot load it."""
+    truncated = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(scripted_model)) as source,
+        zipfile.ZipFile(truncated, "w") as archive,
+    ):
+        for info in source.infolist():
+            if "/data/" not in info.filename:
+                archive.writestr(info.filename, source.read(info.filename))
+    broken = _uploaded(client, truncated.getvalue(), "torchscript")["id"]
+
+    job = _finished(client, _embed_body(uploads, model={"torchscript": {"dataset": broken}}))
 
     _failure(job, 422, "embed.model.torchscript")
 

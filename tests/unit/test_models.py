@@ -395,7 +395,7 @@ def test_cnn_on_vectors_is_refused():
     [
         ({"family": "transformer", "width": 8}, "family"),
         ({"family": "mlp", "widht": 8}, "widht"),
-        ({"onnx": {"dataset": "x"}}, None),
+        ({"keras": {"dataset": "x"}}, None),
         ({"torchscript": {"id": "x"}}, "id"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from workers.geometry.analysis import EmbeddingSet, ProgressCallback
 from workers.models.datasets import LabelledData, split_dataset
 from workers.models.extraction import LayerTap, extract_embeddings
 from workers.models.loading import LoadedModel
+from workers.models.sandbox.runner import SandboxedModel
 
 __all__ = ["drop_zero_rows", "embed_sets", "embedding_set"]
 
@@ -57,7 +59,7 @@ def _layer_facts(tap: LayerTap) -> dict[str, float | int | str | None]:
 def embed_sets(
     spec: EmbedSpec,
     *,
-    model: LoadedModel,
+    model: LoadedModel | SandboxedModel,
     dataset: LabelledData,
     params: AnalysisParams | None = None,
     device: str = "cpu",
@@ -70,8 +72,9 @@ def embed_sets(
     spec : EmbedSpec
         The layers, pooling, batch size and subset (``dataset`` and ``model`` in it
         have already been resolved into the next two arguments).
-    model : LoadedModel
-        From :func:`workers.models.loading.load_model`.
+    model : LoadedModel or SandboxedModel
+        From :func:`workers.models.loading.load_model`; a sandboxed model is run in its
+        confined child process.
     dataset : LabelledData
         From :func:`workers.models.datasets.load_dataset`, whole: ``spec.subset``
         picks the part to embed.
@@ -99,8 +102,10 @@ def embed_sets(
         None if progress is None else lambda fraction: progress("embed", fraction)
     )
     layers = spec.layers
-    extracted = extract_embeddings(
-        model,
+    extract = (
+        model.extract if isinstance(model, SandboxedModel) else partial(extract_embeddings, model)
+    )
+    extracted = extract(
         points.inputs,
         layers=layers,
         pooling=spec.pooling,

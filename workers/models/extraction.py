@@ -16,7 +16,8 @@ were asked for in. Outputs with more than two dimensions are taken as convolutio
 (N x C x ...) and reduced per ``pooling``: ``"avg"`` (global average over the dimensions
 after C), ``"max"``, or ``"flatten"``.
 
-Eager models and unflattened torch.export programs are read with forward hooks.
+Eager models and unflattened torch.export programs are read with forward hooks; ONNX
+models (:mod:`workers.models.onnx_model`) name their layers by value names instead.
 TorchScript modules take no Python hooks, so their forward graph is copied with the
 tapped values added to its outputs; only direct children can be tapped that way, and
 only where they are called outside loops and branches.
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -44,6 +45,14 @@ __all__ = [
 ]
 
 PENULTIMATE = "penultimate"
+# How torch and onnxruntime say that an allocation failed.
+_ALLOCATION_FAILURES = (
+    "can't allocate memory",
+    "cannot allocate memory",
+    "bad_alloc",
+    "failed to allocate memory",
+    "out of memory",
+)
 _LISTED_NAMES = 40
 
 
@@ -61,12 +70,15 @@ class LayerTap:
         Its output, or its first positional input.
     order : int
         Position of the module's first call in the forward pass (depth order).
+    value : str or None
+        For an ONNX model, the value read when it is not ``name`` (``"penultimate"``).
     """
 
     name: str
     module: str
     where: Literal["output", "input"]
     order: int
+    value: str | None = None
 
 
 def resolve_device(requested: str) -> str:
@@ -179,6 +191,10 @@ def resolve_layers(
         For a name that is not a module of the model (the message lists the names that
         are), a module not called in the forward pass, or a model with nothing to read.
     """
+    if model.kind == "onnx":
+        from workers.models.onnx_model import resolve_onnx_layers
+
+        return resolve_onnx_layers(model.module, layers, field=field)
     first_calls, last_calls = _call_order(model, sample)
     order = {name: position for position, name in enumerate(first_calls)}
     if layers == "all":
@@ -228,6 +244,12 @@ def resolve_layers(
 
 
 # --------------------------------------------------------------------------- reading
+
+
+class _Reader(Protocol):
+    def __call__(self, batch: torch.Tensor) -> list[object]: ...
+
+    def close(self) -> None: ...
 
 
 class _HookReader:
@@ -310,6 +332,16 @@ def _as_features(
     return pool_features(value, pooling=pooling).cpu().numpy()
 
 
+def _reader(model: LoadedModel, module: object, taps: Sequence[LayerTap]) -> _Reader:
+    if model.kind == "onnx":
+        from workers.models.onnx_model import OnnxReader
+
+        return OnnxReader(module, taps)  # type: ignore[arg-type]
+    if model.kind == "torchscript":
+        return _ScriptReader(module, taps)  # type: ignore[arg-type]
+    return _HookReader(module, taps)  # type: ignore[arg-type]
+
+
 def extract_embeddings(
     model: LoadedModel,
     inputs: np.ndarray,
@@ -354,8 +386,8 @@ def extract_embeddings(
         For an unknown layer (the message lists the available ones), a layer whose value
         is not a tensor with one row per point, or a model that fails on the inputs.
     """
-    device = resolve_device(device)
-    module = model.module.to(device)
+    device = "cpu" if model.kind == "onnx" else resolve_device(device)
+    module = model.module if model.kind == "onnx" else model.module.to(device)
     n_points = int(inputs.shape[0])
     if n_points == 0:
         raise InvalidInputError("dataset", "there are no points to embed")
@@ -366,13 +398,11 @@ def extract_embeddings(
 
     try:
         taps = resolve_layers(model, layers, sample=batch_at(0), field=field)
-    except InvalidInputError:
+    except (InvalidInputError, MemoryError):
         raise
     except Exception as error:
         raise _model_failure(error, inputs) from None
-    reader = (
-        _ScriptReader(module, taps) if model.kind == "torchscript" else _HookReader(module, taps)
-    )
+    reader = _reader(model, module, taps)
     blocks: list[list[np.ndarray]] = [[] for _ in taps]
     try:
         with torch.inference_mode():
@@ -380,6 +410,8 @@ def extract_embeddings(
                 batch = batch_at(start)
                 try:
                     values = reader(batch)
+                except MemoryError:
+                    raise
                 except Exception as error:
                     raise _model_failure(error, inputs) from None
                 for index, (tap, value) in enumerate(zip(taps, values, strict=True)):
@@ -398,8 +430,13 @@ def extract_embeddings(
     ]
 
 
-def _model_failure(error: Exception, inputs: np.ndarray) -> InvalidInputError:
-    message = " ".join(str(error).split())[:300] or type(error).__name__
+def _model_failure(error: Exception, inputs: np.ndarray) -> Exception:
+    """The error to raise for a model that failed: a MemoryError when it ran out of
+    memory (torch and onnxruntime raise RuntimeErrors), else an InvalidInputError."""
+    text = " ".join(str(error).split())
+    if any(marker in text.lower() for marker in _ALLOCATION_FAILURES):
+        return MemoryError(f"the model could not allocate memory: {text[-300:]}")
+    message = text[:300] or type(error).__name__
     return InvalidInputError(
         "model",
         f"the model failed on inputs of shape {tuple(inputs.shape[1:])} per point: {message}",

@@ -1,25 +1,23 @@
 """Load the models a job names, without unpickling anything a user wrote.
 
-Three kinds of file arrive from users, and each is read so that no Python object of
+Four kinds of file arrive from users, and each is read so that no Python object of
 their choosing is ever built:
 
 - safetensors weights for a built-in family: ``safetensors.torch.load_file`` (raw
   tensors, no pickle), checked key by key and shape by shape before
   ``load_state_dict(strict=True)``;
-- TorchScript archives: ``torch.jit.load``, whose unpickler builds only TorchScript
-  types and tensors, never Python objects;
-- torch.export programs (``.pt2``): ``torch.export.load`` unpickles pickled weights and
-  constants with ``weights_only=False``, loads AOTInductor shared libraries, and
-  falls back to a legacy format it unpickles too. So the archive is checked first
-  (:func:`check_pt2_archive`): only the entries of a plain program are allowed, no
-  entry may be pickled (sample inputs must load with ``weights_only=True``, which
-  keeps torch from retrying without it), and after loading every call in the graph
-  must be a registered operator (:func:`check_exported_graph`): a deserialised graph
-  may otherwise call any attribute reachable from ``torch``, ``math`` or ``operator``.
+- TorchScript archives, torch.export programs (``.pt2``) and ONNX models are code. Each
+  is first read as data against the op allow-list (:mod:`modelcheck`): TorchScript
+  runs a module's ``__setstate__`` inside ``torch.jit.load`` and hides forked functions
+  from a walk of its graph; ``torch.export.load`` unpickles pickled payloads, loads
+  AOTInductor libraries and evaluates symbolic sizes with ``eval``. Only then is it
+  loaded: ``torch.jit.load`` (and its forward graph, forked functions included, walked
+  for file operators again), ``torch.export.load`` (and every call in the graph checked
+  to be a registered operator, :func:`check_exported_graph`), or onnxruntime.
 
-What a model does when it runs is still the user's code, restricted to torch's
-operators; the few operators that touch files are refused. Run workers that execute
-uploaded models without secrets or write access beyond their scratch space.
+In the service these loaders run only inside the model sandbox
+(:mod:`workers.models.sandbox`); :func:`load_model` hands back a
+:class:`~workers.models.sandbox.runner.SandboxedModel` there instead of loading.
 
 Every failure is an :class:`~workers.geometry.errors.InvalidInputError` whose ``field``
 names the reference (``"model.weights"``, ``"model.torchscript"``, ...).
@@ -27,24 +25,28 @@ names the reference (``"model.weights"``, ``"model.torchscript"``, ...).
 
 from __future__ import annotations
 
-import io
-import json
 import operator
 import os
-import re
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from api_schemas.models import CNNModel, ExportedModel, MLPModel, ModelSpec, TorchScriptModel
+from api_schemas.models import (
+    CNNModel,
+    ExportedModel,
+    MLPModel,
+    ModelSpec,
+    OnnxModel,
+    TorchScriptModel,
+)
 from workers.geometry.errors import InvalidInputError
 from workers.models.families import build_family_model
+from workers.models.sandbox.runner import ModelFormat, SandboxedModel, SandboxPolicy
 
 __all__ = [
     "FILE_ACCESS_OPERATORS",
@@ -57,21 +59,9 @@ __all__ = [
     "load_weights",
 ]
 
-ModelKind = Literal["eager", "torchscript", "exported"]
+ModelKind = Literal["eager", "torchscript", "exported", "onnx"]
 FILE_ACCESS_OPERATORS = frozenset({"aten::from_file", "aten::save", "debugprims::load_tensor"})
 _ERROR_CHARS = 300
-
-# Entries of a plain torch.export archive, relative to its one root directory. Anything
-# else (AOTInductor libraries, ExecuTorch, legacy pickled weights) is refused.
-_PT2_ALLOWED_ENTRIES = re.compile(
-    r"^(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
-    r"|models/[^/]+\.json"
-    r"|data/weights/[^/]+_weights_config\.json|data/weights/weight_[0-9]+"
-    r"|data/constants/[^/]+_constants_config\.json|data/constants/tensor_[0-9]+"
-    r"|data/sample_inputs/[^/]+\.pt"
-    r"|extra/[^/]+)$"
-)
-_PT2_PAYLOAD_PREFIXES = {"weights": "weight_", "constants": "tensor_"}
 
 
 @dataclass(frozen=True)
@@ -80,18 +70,20 @@ class LoadedModel:
 
     Attributes
     ----------
-    kind : {"eager", "torchscript", "exported"}
+    kind : {"eager", "torchscript", "exported", "onnx"}
         ``"eager"`` and ``"exported"`` (unflattened) are ``nn.Module`` trees read with
-        forward hooks; ``"torchscript"`` is read by adding outputs to its graph.
-    module : torch.nn.Module
-        The model (for ``"exported"``, ``torch.export.unflatten`` of the program).
+        forward hooks; ``"torchscript"`` and ``"onnx"`` are read by adding outputs to
+        their graphs.
+    module : torch.nn.Module or OnnxProgram
+        The model (for ``"exported"``, ``torch.export.unflatten`` of the program; for
+        ``"onnx"``, a :class:`~workers.models.onnx_model.OnnxProgram`).
     module_types : dict of str to str
         Class name of each named submodule (``"Linear"``, ``"Conv2d"``), used to find
         the last linear layer for ``"penultimate"``.
     """
 
     kind: ModelKind
-    module: nn.Module
+    module: Any
     module_types: dict[str, str] = field(default_factory=dict)
 
 
@@ -168,6 +160,19 @@ def _graph_operator_names(graph: torch._C.Graph) -> Iterator[str]:
         yield node.kind()
         for block in node.blocks():
             yield from _graph_operator_names(block)  # type: ignore[arg-type]
+        # A forked function's body is a graph attribute of its prim::fork node, not a block.
+        for name in node.attributeNames():
+            if node.kindOf(name) == "g":
+                yield from _graph_operator_names(node.g(name))
+
+
+def _refuse_unless_allowed(path: str | os.PathLike[str], *, fmt: str, field: str) -> None:
+    from modelcheck import ModelRefusedError, check_model_file
+
+    try:
+        check_model_file(path, fmt=fmt)
+    except ModelRefusedError as error:
+        raise InvalidInputError(field, str(error)) from None
 
 
 def load_torchscript(
@@ -175,12 +180,18 @@ def load_torchscript(
 ) -> torch.jit.ScriptModule:
     """Load a TorchScript archive onto the CPU.
 
+    The archive is read as data against the op allow-list first
+    (:func:`modelcheck.check_model_file`): ``torch.jit.load`` runs a module's
+    ``__setstate__`` before anything else could look at it.
+
     Raises
     ------
     InvalidInputError
-        When the file is not a TorchScript archive, has no ``forward``, or its forward
-        pass calls an operator that reads or writes files.
+        When the file is refused by the allow-list, is not a TorchScript archive, has no
+        ``forward``, or its forward pass (forked functions included) calls an operator
+        that reads or writes files.
     """
+    _refuse_unless_allowed(path, fmt="torchscript", field=field)
     try:
         with warnings.catch_warnings():
             # TorchScript is deprecated in torch 2.13 but is still how most users ship a
@@ -205,85 +216,21 @@ def load_torchscript(
 # --------------------------------------------------------------------------- torch.export
 
 
-def _pt2_root_and_entries(archive: zipfile.ZipFile, *, field: str) -> tuple[str, list[str]]:
-    names = [info.filename for info in archive.infolist() if not info.is_dir()]
-    roots = {name.split("/", 1)[0] for name in names}
-    if len(roots) != 1 or any("/" not in name for name in names):
-        raise InvalidInputError(
-            field, "not a torch.export archive: its files must lie under one root directory"
-        )
-    root = roots.pop()
-    return root, [name[len(root) + 1 :] for name in names]
-
-
-def _check_payload_config(archive: zipfile.ZipFile, entry: str, *, kind: str, field: str) -> None:
-    try:
-        config = json.loads(archive.read(entry)).get("config", {})
-        payloads = list(config.items())
-    except (ValueError, AttributeError):
-        raise InvalidInputError(field, f"{entry} is not a valid payload config") from None
-    prefix = _PT2_PAYLOAD_PREFIXES[kind]
-    for name, payload in payloads:
-        if not isinstance(payload, dict) or payload.get("use_pickle", True):
-            raise InvalidInputError(
-                field,
-                f"{kind} {name!r} is stored pickled, which is refused; export a model whose "
-                "weights and constants are plain tensors",
-            )
-        if not str(payload.get("path_name", "")).startswith(prefix):
-            raise InvalidInputError(
-                field, f"{kind} {name!r} is a custom object, which is refused (plain tensors only)"
-            )
-
-
 def check_pt2_archive(path: str | os.PathLike[str], *, field: str = "model.exported") -> None:
-    """Refuse a ``.pt2`` file that ``torch.export.load`` would unpickle or run natively.
+    """Refuse a ``.pt2`` file that ``torch.export.load`` would unpickle, evaluate or run
+    natively, reading it as data (:func:`modelcheck.check_pt2_archive`).
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The archive.
-    field : str
-        Dotted name of the reference, for error messages.
+    ``torch.export.load`` unpickles pickled weights, loads AOTInductor libraries, and
+    evaluates every symbolic size with ``sympy.sympify`` (that is, ``eval``): the archive
+    must hold only a plain program whose nodes call allow-listed operators and whose
+    sizes are arithmetic.
 
     Raises
     ------
     InvalidInputError
-        When the file is not a zip archive of the current format, holds entries other
-        than a plain exported program (AOTInductor or ExecuTorch code, legacy pickled
-        weights), or any weight or constant is pickled or a custom object, or its sample
-        inputs do not load with ``torch.load(..., weights_only=True)``.
+        With ``field``, naming what was refused and where.
     """
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise InvalidInputError(
-            field, f"not a torch.export archive (torch.export.save): {_short(error)}"
-        ) from None
-    with archive:
-        root, entries = _pt2_root_and_entries(archive, field=field)
-        refused = [entry for entry in entries if not _PT2_ALLOWED_ENTRIES.match(entry)]
-        if refused:
-            raise InvalidInputError(
-                field,
-                f"the archive holds entries other than an exported program: {refused[:4]}; "
-                "save it with torch.export.save, without compiled or legacy artifacts",
-            )
-        if not any(entry.startswith("models/") for entry in entries):
-            raise InvalidInputError(field, "the archive holds no exported program")
-        for entry in entries:
-            full_name = f"{root}/{entry}"
-            if entry.endswith("_weights_config.json"):
-                _check_payload_config(archive, full_name, kind="weights", field=field)
-            elif entry.endswith("_constants_config.json"):
-                _check_payload_config(archive, full_name, kind="constants", field=field)
-            elif entry.startswith("data/sample_inputs/"):
-                try:
-                    torch.load(io.BytesIO(archive.read(full_name)), weights_only=True)
-                except Exception as error:
-                    raise InvalidInputError(
-                        field, f"the sample inputs are not plain tensors: {_short(error)}"
-                    ) from None
+    _refuse_unless_allowed(path, fmt="pt2", field=field)
 
 
 def _is_allowed_call(target: object) -> bool:
@@ -348,7 +295,8 @@ def load_exported(
     return program
 
 
-def _unflattened(program: torch.export.ExportedProgram, *, field: str) -> LoadedModel:
+def exported_model(program: torch.export.ExportedProgram, *, field: str) -> LoadedModel:
+    """Unflatten a loaded torch.export program into a module tree for extraction."""
     try:
         with warnings.catch_warnings():
             # torch's own deprecated treespec check, raised while copying the program.
@@ -373,7 +321,8 @@ def eager_model(module: nn.Module) -> LoadedModel:
     )
 
 
-def _torchscript_model(module: torch.jit.ScriptModule) -> LoadedModel:
+def torchscript_model(module: torch.jit.ScriptModule) -> LoadedModel:
+    """Wrap a loaded TorchScript module for extraction."""
     return LoadedModel(
         kind="torchscript",
         module=module,
@@ -385,6 +334,26 @@ def _torchscript_model(module: torch.jit.ScriptModule) -> LoadedModel:
     )
 
 
+def onnx_model(
+    path: str | os.PathLike[str], *, field: str, threads: int | None = None
+) -> LoadedModel:
+    """An ONNX model, checked against the allow-list, for extraction with onnxruntime."""
+    from workers.models.onnx_model import load_onnx
+
+    return LoadedModel(kind="onnx", module=load_onnx(path, field=field, threads=threads))
+
+
+def _uploaded_model_file(spec: ModelSpec) -> tuple[str, ModelFormat, str] | None:
+    """(reference key, file format, upload id) of a model that is uploaded code."""
+    if isinstance(spec, TorchScriptModel):
+        return "torchscript", "torchscript", spec.torchscript.dataset
+    if isinstance(spec, ExportedModel):
+        return "exported", "pt2", spec.exported.dataset
+    if isinstance(spec, OnnxModel):
+        return "onnx", "onnx", spec.onnx.dataset
+    return None
+
+
 def load_model(
     spec: ModelSpec,
     *,
@@ -392,7 +361,8 @@ def load_model(
     input_shape: Sequence[int],
     n_classes: int,
     field: str = "model",
-) -> LoadedModel:
+    sandbox: SandboxPolicy | None = None,
+) -> LoadedModel | SandboxedModel:
     """The model a :data:`~api_schemas.models.ModelSpec` names, on the CPU, in eval mode.
 
     Parameters
@@ -406,10 +376,16 @@ def load_model(
         Number of classes (sizes a built-in family's classifier).
     field : str
         Dotted name of the reference, for error messages.
+    sandbox : SandboxPolicy, optional
+        When given (the service always gives one), an uploaded model (TorchScript,
+        torch.export, ONNX) is not loaded here: it comes back as a
+        :class:`~workers.models.sandbox.runner.SandboxedModel`, loaded and run only in a
+        confined child process. Without one it is loaded into this process, after the
+        same allow-list check: for a user's own models on their own machine.
 
     Returns
     -------
-    LoadedModel
+    LoadedModel or SandboxedModel
 
     Raises
     ------
@@ -427,12 +403,23 @@ def load_model(
         module = build_family_model(spec, input_shape=input_shape, n_classes=n_classes, field=field)
         load_weights(module, locate_upload(spec.weights.dataset), field=f"{field}.weights")
         return eager_model(module.eval())
+    uploaded = _uploaded_model_file(spec)
+    if uploaded is not None and sandbox is not None:
+        key, model_format, upload_id = uploaded
+        return SandboxedModel(
+            format=model_format,
+            path=locate_upload(upload_id),
+            policy=sandbox,
+            field=f"{field}.{key}",
+        )
     if isinstance(spec, TorchScriptModel):
         module = load_torchscript(
             locate_upload(spec.torchscript.dataset), field=f"{field}.torchscript"
         )
-        return _torchscript_model(module.eval())
+        return torchscript_model(module.eval())
     if isinstance(spec, ExportedModel):
         program = load_exported(locate_upload(spec.exported.dataset), field=f"{field}.exported")
-        return _unflattened(program, field=f"{field}.exported")
+        return exported_model(program, field=f"{field}.exported")
+    if isinstance(spec, OnnxModel):
+        return onnx_model(locate_upload(spec.onnx.dataset), field=f"{field}.onnx")
     raise InvalidInputError(field, f"unknown model reference {type(spec).__name__}")
