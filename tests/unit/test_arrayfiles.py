@@ -756,9 +756,11 @@ def test_array_stats_matches_a_direct_numpy_computation(chunk_rows: int | None) 
 
     stats = array_stats(array, chunk_rows=chunk_rows)
 
+    zero = np.all(array == 0, axis=1)
     assert stats == ArrayStats(
         n_nonfinite=int(np.count_nonzero(~np.isfinite(array))),
-        zero_rows=int(np.count_nonzero(np.all(array == 0, axis=1))),
+        zero_rows=int(np.count_nonzero(zero)),
+        first_zero_row=int(np.flatnonzero(zero)[0]),
     )
 
 
@@ -771,13 +773,21 @@ def test_array_stats_reads_a_memory_map_in_blocks(tmp_path: Path) -> None:
 
     stats = array_stats(load_array(path, fmt="npy"), chunk_rows=333)
 
-    assert stats == ArrayStats(n_nonfinite=1, zero_rows=500)
+    assert stats == ArrayStats(n_nonfinite=1, zero_rows=500, first_zero_row=0)
 
 
-def test_array_stats_counts_non_finite_in_1d_and_ignores_non_float_arrays() -> None:
+def test_array_stats_counts_non_finite_in_1d_and_ignores_non_numeric_arrays() -> None:
     assert array_stats(np.array([0.0, np.nan, np.inf, 1.0])) == ArrayStats(2, 0)
-    assert array_stats(np.zeros((4, 3), dtype=np.int64)) == ArrayStats(0, 0)
     assert array_stats(np.array(["a", "b"])) == ArrayStats(0, 0)
+    assert array_stats(np.zeros((4, 3, 2))) == ArrayStats(0, 0)
+
+
+def test_array_stats_counts_zero_rows_of_integer_matrices_too() -> None:
+    # The cosine kernel is as undefined on an integer zero row as on a float one.
+    integers = np.ones((5, 3), dtype=np.int64)
+    integers[[1, 4]] = 0
+
+    assert array_stats(integers) == ArrayStats(0, zero_rows=2, first_zero_row=1)
 
 
 def test_array_stats_refuses_chunk_rows_below_one() -> None:

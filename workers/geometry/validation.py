@@ -93,13 +93,21 @@ def check_set_shapes(
 def check_embedding_values(
     embeddings: np.ndarray, *, name: str, kernel: str, chunk_rows: int = 65_536
 ) -> None:
-    """Refuse non-finite values, and zero vectors under the cosine kernel.
+    """Refuse non-finite values, float32 overflow, and zero vectors under the cosine kernel.
 
-    Scans in row chunks so that a memory-mapped array is never copied whole.
+    The analysis computes in float32, so values are judged after that cast: a float64
+    value beyond float32's range (about 3.4e38) would become +-inf, and a row whose
+    values all underflow to 0 has no direction. Scans in row chunks so that a
+    memory-mapped array is never copied whole.
+
+    Raises
+    ------
+    InvalidInputError
+        With ``field="sets[name].embeddings"``; the message names the first row at fault.
     """
     where = f"sets[{name}].embeddings"
     for start in range(0, embeddings.shape[0], chunk_rows):
-        chunk = np.asarray(embeddings[start : start + chunk_rows], dtype=np.float64)
+        chunk = np.asarray(embeddings[start : start + chunk_rows])
         finite = np.isfinite(chunk)
         if not finite.all():
             row = start + int(np.argwhere(~finite)[0, 0])
@@ -108,11 +116,24 @@ def check_embedding_values(
                 f"embeddings hold NaN or Inf values (first at row {row}); every value must "
                 "be finite",
             )
+        with np.errstate(over="ignore"):
+            narrowed = chunk.astype(np.float32, copy=False)
+        overflow = np.isinf(narrowed)
+        if overflow.any():
+            row = start + int(np.argwhere(overflow)[0, 0])
+            raise InvalidInputError(
+                where,
+                f"embeddings hold values beyond float32's range (magnitude above 3.4e38; "
+                f"first at row {row}), which become +-inf in float32, the precision the "
+                "analysis computes in; rescale them (e.g. divide by the largest absolute "
+                "value)",
+            )
         if kernel == "cosine":
-            zero_rows = np.flatnonzero(~chunk.any(axis=1))
+            zero_rows = np.flatnonzero(~narrowed.any(axis=1))
             if zero_rows.size:
                 raise InvalidInputError(
                     where,
-                    f"row {start + int(zero_rows[0])} is a zero vector, which has no direction "
-                    "under the cosine kernel; drop such rows or use kernel='gaussian'",
+                    f"row {start + int(zero_rows[0])} is a zero vector (in float32), which "
+                    "has no direction under the cosine kernel; drop such rows or use "
+                    "kernel='gaussian'",
                 )

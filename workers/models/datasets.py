@@ -27,7 +27,7 @@ from api_schemas.models import (
     DirectoryDataset,
     UploadedDataset,
 )
-from workers.arrayfiles import load_array
+from workers.arrayfiles import ArrayTooLargeError, load_array
 from workers.geometry.errors import InvalidInputError
 from workers.models.errors import PathNotAllowedError
 
@@ -150,16 +150,24 @@ def _sniff_upload_format(path: Path, *, field: str) -> str:
     return "safetensors"
 
 
-def _checked_inputs(inputs: np.ndarray, *, field: str) -> np.ndarray:
+def _checked_inputs(inputs: np.ndarray, *, field: str, name: str = "inputs") -> np.ndarray:
     if inputs.ndim not in (2, 4):
         raise InvalidInputError(
             field, f"inputs must be N x F or N x C x H x W, got shape {tuple(inputs.shape)}"
         )
     if inputs.dtype.kind not in "fiub":
         raise InvalidInputError(field, f"inputs must be numbers, got dtype {inputs.dtype}")
-    converted = np.ascontiguousarray(inputs, dtype=np.float32)
+    if inputs.dtype.kind == "f" and not np.isfinite(inputs).all():
+        raise InvalidInputError(field, f"array {name!r} holds NaN or Inf values")
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(inputs, dtype=np.float32)
     if not np.isfinite(converted).all():
-        raise InvalidInputError(field, "inputs hold NaN or Inf values (or overflow float32)")
+        raise InvalidInputError(
+            field,
+            f"array {name!r} holds values beyond float32's range (magnitude above 3.4e38), "
+            "which become +-inf in float32, the precision models compute in; rescale it "
+            "(e.g. divide it by its largest absolute value)",
+        )
     return converted
 
 
@@ -185,6 +193,7 @@ def load_uploaded_data(
     inputs: str | None = None,
     labels: str | None = None,
     field: str = "dataset",
+    max_array_bytes: int | None = None,
 ) -> LabelledData:
     """Inputs and labels from an uploaded npz or safetensors file.
 
@@ -196,6 +205,9 @@ def load_uploaded_data(
         Array names; default ``"inputs"`` and ``"labels"``.
     field : str
         Dotted name of the reference, for error messages.
+    max_array_bytes : int, optional
+        The most bytes either array may take decompressed (the worker passes
+        NNKGEO_MAX_ARRAY_BYTES); None for no limit.
 
     Returns
     -------
@@ -206,7 +218,8 @@ def load_uploaded_data(
     ------
     InvalidInputError
         With ``field`` + ``".inputs"`` / ``".labels"`` for a missing array, a wrong
-        shape or dtype, or non-finite inputs.
+        shape or dtype, non-finite inputs or inputs that overflow float32, or an array
+        past ``max_array_bytes`` (the message names the array and the limit).
     """
     path = Path(path)
     fmt = _sniff_upload_format(path, field=field)
@@ -216,10 +229,18 @@ def load_uploaded_data(
         ("labels", labels or DEFAULT_LABELS_ARRAY),
     ):
         try:
-            arrays[role] = np.asarray(load_array(path, fmt=fmt, name=name, mmap=False))
+            arrays[role] = np.asarray(
+                load_array(path, fmt=fmt, name=name, mmap=False, max_array_bytes=max_array_bytes)
+            )
+        except ArrayTooLargeError as error:
+            raise InvalidInputError(
+                f"{field}.{role}", f"{error.message} (NNKGEO_MAX_ARRAY_BYTES)"
+            ) from error
         except InvalidInputError as error:
             raise InvalidInputError(f"{field}.{role}", error.message) from error
-    checked_inputs = _checked_inputs(arrays["inputs"], field=f"{field}.inputs")
+    checked_inputs = _checked_inputs(
+        arrays["inputs"], field=f"{field}.inputs", name=inputs or DEFAULT_INPUTS_ARRAY
+    )
     return LabelledData(
         inputs=checked_inputs,
         labels=_checked_labels(
@@ -263,7 +284,8 @@ def resolve_data_path(
         ``..`` escape, or a symbolic link pointing out). Whether the path exists is
         checked only after this, so a refusal says nothing about files outside.
     InvalidInputError
-        When the path is relative.
+        When the path is relative, or cannot be resolved (a NUL byte, a name longer than
+        the file system allows, a loop of symbolic links).
 
     Examples
     --------
@@ -279,7 +301,12 @@ def resolve_data_path(
         )
     # strict=False: a path that does not exist still resolves (its existing prefix's
     # links followed), so refusal does not depend on existence.
-    resolved = Path(path).resolve(strict=False)
+    try:
+        resolved = Path(path).resolve(strict=False)
+    except (OSError, ValueError, RuntimeError):
+        # A NUL byte, a name too long, a loop of links: said without the system's words,
+        # which could tell what lies outside the roots.
+        raise InvalidInputError(field, "not a valid path on this server") from None
     if not any(_within(resolved, Path(root).resolve(strict=False)) for root in roots):
         raise PathNotAllowedError(
             field, f"{os.fspath(path)!r} is outside the allow-listed data directories"
@@ -320,6 +347,22 @@ def load_image_folder(
     ``numpy.save(path, numpy.asarray(PIL.Image.open(image)))``) or upload an npz.
     """
     folder = resolve_data_path(directory, roots=roots, field=field)
+    try:
+        return _read_image_folder(folder, directory=directory, roots=roots, field=field)
+    except OSError as error:
+        # Inside the roots, so the system's reason (no permission, ...) may be said.
+        raise InvalidInputError(
+            field, f"{os.fspath(directory)!r} cannot be read: {error.strerror or error}"
+        ) from None
+
+
+def _read_image_folder(
+    folder: Path,
+    *,
+    directory: str | os.PathLike[str],
+    roots: Sequence[str | os.PathLike[str]],
+    field: str,
+) -> LabelledData:
     if not folder.is_dir():
         raise InvalidInputError(field, f"{os.fspath(directory)!r} is not a directory")
     class_dirs = sorted(entry for entry in folder.iterdir() if entry.is_dir())
@@ -357,7 +400,7 @@ def load_image_folder(
             field, f"images must all have one shape; found {sorted(shapes)[:4]}"
         )
     return LabelledData(
-        inputs=_checked_inputs(np.stack(images), field=field),
+        inputs=_checked_inputs(np.stack(images), field=field, name="images"),
         labels=np.asarray(labels),
         ids=np.asarray(ids),
     )
@@ -383,6 +426,7 @@ def load_dataset(
     locate_upload: UploadLocator | None = None,
     data_roots: Sequence[str | os.PathLike[str]] = (),
     field: str = "dataset",
+    max_array_bytes: int | None = None,
 ) -> LabelledData:
     """The labelled data a :data:`~api_schemas.models.DatasetSpec` names.
 
@@ -395,6 +439,9 @@ def load_dataset(
         The allow-listed directories, for ``{"path": ...}``.
     field : str
         Dotted name of the reference, for error messages.
+    max_array_bytes : int, optional
+        For an upload: the most bytes either array may take decompressed (see
+        :func:`load_uploaded_data`); None for no limit.
 
     Returns
     -------
@@ -407,7 +454,11 @@ def load_dataset(
         if locate_upload is None:
             raise InvalidInputError(field, "uploaded datasets are not available here")
         return load_uploaded_data(
-            locate_upload(spec.dataset), inputs=spec.inputs, labels=spec.labels, field=field
+            locate_upload(spec.dataset),
+            inputs=spec.inputs,
+            labels=spec.labels,
+            field=field,
+            max_array_bytes=max_array_bytes,
         )
     if isinstance(spec, DirectoryDataset):
         return load_image_folder(spec.path, roots=data_roots, field=f"{field}.path")
