@@ -98,6 +98,36 @@ class JobLinks(BaseModel):
     graphs: dict[str, str] = Field(default_factory=dict)
 
 
+class WebhookDeliveryStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class JobWebhook(BaseModel):
+    """Where the delivery of the job's end event to its callback_url stands."""
+
+    status: WebhookDeliveryStatus = Field(
+        description=(
+            "pending: the job has not ended, or its event is queued or between retries; "
+            "delivered: the receiver answered 2xx; failed: every attempt failed, or the "
+            "event was refused (host no longer allowed, no signing secret)."
+        )
+    )
+    attempts: int = Field(0, ge=0, description="POSTs made so far.")
+    last_status_code: int | None = Field(
+        None, description="HTTP status of the latest answer; null when none came."
+    )
+    last_error: str | None = Field(
+        None,
+        description=(
+            "Why the latest attempt failed (an HTTP status, a timeout, a refused "
+            "connection); null once delivered."
+        ),
+    )
+    delivered_at: datetime | None = None
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -108,6 +138,10 @@ class JobOut(BaseModel):
     cached: bool = Field(False, description="True when the result came from the cache.")
     error: Problem | None = None
     links: JobLinks
+    webhook: JobWebhook | None = Field(
+        None,
+        description="Delivery of the job's end event; null for a job without a callback_url.",
+    )
 
 
 class JobList(BaseModel):

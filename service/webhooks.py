@@ -13,6 +13,11 @@ Each tenant signs with its own secret (``NNKGEO_WEBHOOK_SECRETS``); a tenant wit
 one cannot use callback_url, since its receivers could not tell our events from forged
 ones.
 
+Each POST's outcome is kept in the delivery record as one line of text
+(`answer_outcome` writes the form of an HTTP answer, `status_code_of` reads its status
+code back), and the job resource shows the record as its ``webhook`` field
+(`webhook_out`).
+
 Free of FastAPI and Celery: the API and the workers both use it.
 """
 
@@ -20,19 +25,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from api_schemas.jobs import JobWebhook, WebhookDeliveryStatus
 from api_schemas.problems import FieldError
 from nnkgeo.webhooks import SECRET_PREFIX
+from service.store import WebhookDelivery, WebhookState
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 CALLBACK_URL_FIELD = "callback_url"
 _SCHEMES = ("http", "https")
+_ANSWER_OUTCOME = re.compile(r"^HTTP (\d{3})\b")
+_WEBHOOK_STATUS = {
+    WebhookState.pending: WebhookDeliveryStatus.pending,
+    WebhookState.delivered: WebhookDeliveryStatus.delivered,
+    WebhookState.given_up: WebhookDeliveryStatus.failed,
+}
 
 
 def event_id_for(job_id: str, status: str) -> str:
@@ -41,6 +55,60 @@ def event_id_for(job_id: str, status: str) -> str:
     A job ends once, so (job, final status) names exactly one event.
     """
     return f"msg_{job_id.removeprefix('job_')}_{status}"
+
+
+def answer_outcome(status_code: int, detail: str = "") -> str:
+    """The outcome of a POST that got an answer, as the delivery record keeps it.
+
+    Parameters
+    ----------
+    status_code : int
+        The answer's HTTP status.
+    detail : str, optional
+        Why it counts as a failure, in our words (a redirect: they are not followed).
+        Never the receiver's text: the record is shown to the tenant.
+
+    Returns
+    -------
+    str
+        ``HTTP 204``, or ``HTTP 307: <detail>``; `status_code_of` reads the code back.
+    """
+    return f"HTTP {status_code}: {detail}" if detail else f"HTTP {status_code}"
+
+
+def status_code_of(outcome: str | None) -> int | None:
+    """The HTTP status of an outcome written by `answer_outcome`; None for no answer."""
+    match = _ANSWER_OUTCOME.match(outcome or "")
+    return int(match.group(1)) if match else None
+
+
+def webhook_out(delivery: WebhookDelivery | None) -> JobWebhook:
+    """The ``webhook`` field of a job that has a callback_url, from its delivery record.
+
+    Parameters
+    ----------
+    delivery : WebhookDelivery or None
+        The store's record; None while no POST was made nor refused yet (the job has
+        not ended, or its event is still queued).
+
+    Returns
+    -------
+    JobWebhook
+        ``pending`` until a 2xx answer (``delivered``) or the last attempt or a refusal
+        (``failed``). The store keeps one outcome per event, so ``last_error`` is the
+        latest failure; it is cleared once the event is delivered.
+    """
+    if delivery is None:
+        return JobWebhook(status=WebhookDeliveryStatus.pending, attempts=0)
+    delivered = delivery.state is WebhookState.delivered
+    return JobWebhook(
+        status=_WEBHOOK_STATUS[delivery.state],
+        attempts=delivery.attempts,
+        last_status_code=status_code_of(delivery.last_outcome),
+        last_error=None if delivered else delivery.last_outcome,
+        # The record is last written by the attempt that got the 2xx answer.
+        delivered_at=delivery.updated_at if delivered else None,
+    )
 
 
 @dataclass(frozen=True)
