@@ -13,33 +13,39 @@ What the page shows (DESIGN section 2 defines every metric):
   every set as grouped bars;
 - for several sets, the comparison as line charts over the sets in the order given;
 - per set: the NNK degree histogram, homogeneity and LOO errors per class, a 2-D map of
-  the embeddings when they are given (PCA of a sample, or UMAP when ``umap`` is
-  installed) coloured by label with the suspects ringed, and the suspects table.
+  the embeddings coloured by label with the suspects ringed, and the suspects table.
+
+The map (PCA of a seeded sample; a local report uses UMAP when ``umap`` is installed) is made by
+:mod:`nnkgeo.report_map`: given ready-made (the service's worker stores one per set), or
+computed here from the embeddings when they are given (``nnkgeo analyze --html``).
 
 Every user-provided string (set names, labels, ids, warnings, extra facts) is escaped.
 Only numpy and the report models are needed, so the API process can render pages
-without the analysis stack.
+without the analysis stack, and without reading any embeddings.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from html import escape
 
 import numpy as np
 
 from api_schemas import ClassMetrics, Report, SetReport
+from nnkgeo.report_map import MAP_MAX_POINTS, EmbeddingMap, compute_embedding_map
 
-__all__ = ["CONTENT_SECURITY_POLICY", "MAP_MAX_POINTS", "render_report_html"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "MAP_MAX_POINTS",
+    "NO_EMBEDDINGS_NOTE",
+    "EmbeddingMap",
+    "render_report_html",
+]
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 """What the page may load: nothing but its own inline styles."""
-
-MAP_MAX_POINTS = 3000
-"""The 2-D map draws at most this many points (a seeded sample, suspects always in)."""
 
 MAX_CLASSES_SHOWN = 30
 """Per-class charts show at most this many classes: those with the highest LOO error."""
@@ -724,134 +730,57 @@ def scatter_map(
 # The 2-D map of the embeddings
 
 
-@dataclass(frozen=True)
-class _Projection:
-    xy: np.ndarray
-    rows: np.ndarray  # the point index of each row of xy
-    method: str
-    x_title: str
-    y_title: str
-    note: str
+NO_EMBEDDINGS_NOTE = "Not available: the embeddings were not given when this page was rendered."
+"""What a set's map figure says when the page was given neither its map nor its embeddings."""
 
 
-def _sample_rows(n: int, keep: Sequence[int], limit: int, seed: int = 0) -> np.ndarray:
-    """Sorted point indices: all of them up to ``limit``, else a seeded sample with
-    ``keep`` (the suspects) always included."""
-    if n <= limit:
-        return np.arange(n)
-    keep_set = np.unique(np.asarray([i for i in keep if 0 <= i < n], dtype=np.int64))
-    rng = np.random.default_rng(seed)
-    rest = np.setdiff1d(np.arange(n), keep_set, assume_unique=True)
-    extra = rng.choice(rest, size=max(limit - keep_set.size, 0), replace=False)
-    return np.sort(np.concatenate([keep_set, extra]))
-
-
-def _one_blas_thread() -> AbstractContextManager[object]:
-    """Run small linear algebra on one BLAS thread.
-
-    The matrices here are small; OpenBLAS threads on a busy machine made the same QR
-    steps twenty times slower. threadpoolctl comes with scikit-learn; without it this
-    does nothing.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def _top_components(
-    centred: np.ndarray, count: int, *, seed: int = 0, power_iterations: int = 4
-) -> tuple[np.ndarray, np.ndarray]:
-    """The leading principal directions of centred rows, and their share of the variance.
-
-    A randomized range finder (Halko et al. 2011) with a few power iterations, then a
-    numpy SVD of the small projected matrix: O(n d) work where a full SVD of a tall
-    matrix costs far more, and as exact as it for the two leading components.
-    """
-    n, d = centred.shape
-    total = float(np.square(centred).sum())
-    width = min(n, d, count + 10)
-    if width == 0 or total == 0:
-        return np.zeros((0, d)), np.zeros(0)
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(centred @ rng.standard_normal((d, width)))
-    for _ in range(power_iterations):
-        basis, _ = np.linalg.qr(centred.T @ basis)
-        basis, _ = np.linalg.qr(centred @ basis)
-    _, singular, vt = np.linalg.svd(basis.T @ centred, full_matrices=False)
-    keep = min(count, vt.shape[0])
-    return vt[:keep], singular[:keep] ** 2 / total
-
-
-def _project(sample: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, str, str, str, str]:
-    """2-D coordinates of the rows: UMAP when importable, else PCA (numpy SVD).
-
-    Returns xy, method, x title, y title and a note about the method.
-    """
-    try:
-        import umap  # type: ignore[import-not-found]
-    except ImportError:
-        umap = None
-    if umap is not None and sample.shape[0] > 15:
-        try:
-            xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(sample)
-            return np.asarray(xy, dtype=np.float64), "UMAP", "UMAP 1", "UMAP 2", "UMAP"
-        except Exception:  # any UMAP failure falls back to PCA
-            pass
-    centred = sample - sample.mean(axis=0)
-    with _one_blas_thread():
-        vt, share = _top_components(centred, 2, seed=seed)
-    xy = np.zeros((sample.shape[0], 2))
-    xy[:, : vt.shape[0]] = centred @ vt.T
-    shares = [float(share[i]) if i < share.size else 0.0 for i in range(2)]
-    note = f"PCA; the two components explain {100 * (shares[0] + shares[1]):.1f} % of the variance"
-    return (
-        xy,
-        "PCA",
-        f"PC 1 ({100 * shares[0]:.1f} % of variance)",
-        f"PC 2 ({100 * shares[1]:.1f} % of variance)",
-        note,
-    )
-
-
-def _embedding_map(
-    ids: _Ids,
-    set_report: SetReport,
-    embeddings: np.ndarray | None,
-    labels: np.ndarray | None,
-) -> str:
-    """The map figure of one set, or a short note saying why there is none."""
-    if embeddings is None:
-        return (
-            '<figure><figcaption>2-D map of the embeddings</figcaption><p class="note">Not'
-            " available: the embeddings were not given when this page was rendered.</p>"
-            "</figure>"
-        )
+def _map_of_embeddings(
+    set_report: SetReport, embeddings: np.ndarray, labels: np.ndarray | None
+) -> EmbeddingMap | str:
+    """The map of a set computed here from its embeddings, or why it cannot be."""
     shape = getattr(embeddings, "shape", ())
     if len(shape) != 2 or shape[0] != set_report.n_points or shape[0] < 2:
         return (
-            '<figure><figcaption>2-D map of the embeddings</figcaption><p class="note">Not'
-            f" drawn: the embeddings given have shape {_e(tuple(shape))}, the report"
-            f" {set_report.n_points:,} points.</p></figure>"
+            f"Not drawn: the embeddings given have shape {tuple(shape)}, the report"
+            f" {set_report.n_points:,} points."
         )
-    n = int(shape[0])
-    suspects = {s.index: s for s in set_report.suspects if 0 <= s.index < n}
-    rows = _sample_rows(n, list(suspects), MAP_MAX_POINTS)
-    # Fancy indexing reads only the sampled rows of a memory-mapped array.
-    sample = np.asarray(embeddings[rows], dtype=np.float64)
-    sample = np.where(np.isfinite(sample), sample, 0.0)
-    xy, method, x_title, y_title, note = _project(sample)
+    # A local report keeps using UMAP where the user installed it.
+    return compute_embedding_map(
+        embeddings, labels, suspects=[s.index for s in set_report.suspects], projection="auto"
+    )
 
-    if labels is not None and len(labels) == n:
-        groups = [str(label) for label in np.asarray(labels[rows]).tolist()]
+
+def _embedding_map(ids: _Ids, set_report: SetReport, embedding_map: EmbeddingMap | str) -> str:
+    """The map figure of one set, or a short note (``embedding_map`` as a string) on why
+    there is none."""
+    n = set_report.n_points
+    if isinstance(embedding_map, EmbeddingMap):
+        rows = embedding_map.rows
+        fits = (
+            rows.ndim == 1
+            and embedding_map.xy.shape == (rows.size, 2)
+            and (embedding_map.labels is None or len(embedding_map.labels) == rows.size)
+            and (rows.size == 0 or (int(rows.min()) >= 0 and int(rows.max()) < n))
+        )
+        if not fits:
+            embedding_map = "Not drawn: the stored map names points the report does not have."
+    if isinstance(embedding_map, str):
+        return (
+            '<figure><figcaption>2-D map of the embeddings</figcaption><p class="note">'
+            f"{_e(embedding_map)}</p></figure>"
+        )
+    rows, xy, method = embedding_map.rows, embedding_map.xy, embedding_map.method
+    x_title, y_title, note = embedding_map.x_title, embedding_map.y_title, embedding_map.note
+    suspects = {s.index: s for s in set_report.suspects if 0 <= s.index < n}
+    if embedding_map.labels is not None:
+        groups = list(embedding_map.labels)
         order = [str(c.label) for c in set_report.per_class]
         order += sorted(set(groups) - set(order))
     else:
         groups = ["point"] * rows.size
         order = ["point"]
     colours = {name: _class_colour(i) for i, name in enumerate(order)}
-    if labels is None or len(labels) != n:
+    if embedding_map.labels is None:
         colours["point"] = "#7f8c99"
     ringed = np.isin(rows, list(suspects))
     ring_titles = {}
@@ -1295,14 +1224,13 @@ def _set_section(
     ids: _Ids,
     position: int,
     set_report: SetReport,
-    embeddings: np.ndarray | None,
-    labels: np.ndarray | None,
+    embedding_map: EmbeddingMap | str,
     *,
     suspects_asked: int,
 ) -> str:
     """One set's section: cards, warnings, plots, suspects and per-class numbers."""
     figures = [_degree_histogram(ids, set_report), *_per_class_charts(ids, set_report)]
-    figures.append(_embedding_map(ids, set_report, embeddings, labels))
+    figures.append(_embedding_map(ids, set_report, embedding_map))
     extra = ""
     if set_report.extra:
         extra = (
@@ -1329,15 +1257,31 @@ def _guide() -> str:
     )
 
 
-def _lookup(mapping: Mapping[str, np.ndarray] | None, name: str) -> np.ndarray | None:
-    if mapping is None:
-        return None
-    return mapping.get(name)
+def _map_of_set(
+    set_report: SetReport,
+    *,
+    maps: Mapping[str, EmbeddingMap] | None,
+    map_notes: Mapping[str, str] | None,
+    embeddings: Mapping[str, np.ndarray] | None,
+    labels: Mapping[str, np.ndarray] | None,
+) -> EmbeddingMap | str:
+    """What the set's map figure shows: its given map, else one computed from its given
+    embeddings, else the note on why there is none."""
+    name = set_report.name
+    if maps is not None and name in maps:
+        return maps[name]
+    if embeddings is not None and name in embeddings:
+        return _map_of_embeddings(
+            set_report, embeddings[name], None if labels is None else labels.get(name)
+        )
+    return (map_notes or {}).get(name, NO_EMBEDDINGS_NOTE)
 
 
 def render_report_html(
     report: Report,
     *,
+    maps: Mapping[str, EmbeddingMap] | None = None,
+    map_notes: Mapping[str, str] | None = None,
     embeddings: Mapping[str, np.ndarray] | None = None,
     labels: Mapping[str, np.ndarray] | None = None,
     title: str | None = None,
@@ -1348,13 +1292,19 @@ def render_report_html(
     ----------
     report : Report
         The analysis report.
+    maps : mapping of set name to EmbeddingMap, optional
+        Each set's 2-D map, computed beforehand (:func:`nnkgeo.report_map.compute_embedding_map`;
+        the service's worker stores one per set with the report).
+    map_notes : mapping of set name to str, optional
+        For a set with neither a map nor embeddings: the note its map figure shows
+        instead (default :data:`NO_EMBEDDINGS_NOTE`).
     embeddings : mapping of set name to an (N, d) array, optional
-        The embeddings of each set, to draw its 2-D map (a seeded sample of at most
-        :data:`MAP_MAX_POINTS` points; memory-mapped arrays are read only there).
-        A set without embeddings, or whose row count differs from the report's, gets a
+        The embeddings of each set without a map in ``maps``, to compute its map here
+        (a seeded sample of at most :data:`MAP_MAX_POINTS` points; memory-mapped arrays
+        are read only there). A set whose row count differs from the report's gets a
         note instead of a map.
     labels : mapping of set name to an (N,) array, optional
-        Labels to colour the map by; without them the points are grey.
+        Labels to colour those maps by; without them the points are grey.
     title : str, optional
         The page title; default "nnkgeo report" with the job id when there is one.
 
@@ -1388,8 +1338,7 @@ def render_report_html(
             ids,
             i + 1,
             s,
-            _lookup(embeddings, s.name),
-            _lookup(labels, s.name),
+            _map_of_set(s, maps=maps, map_notes=map_notes, embeddings=embeddings, labels=labels),
             suspects_asked=report.params.suspects_top,
         )
         for i, s in enumerate(report.sets)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api_schemas import JobCreate, JobList, JobOut, Report
+from nnkgeo.report_map import MAP_MAX_POINTS
 from service.deps import CurrentTenant, JobServiceDep
 from service.errors import media_type_of, problem_responses, unsupported_media_type
 from service.html import CONTENT_SECURITY_POLICY, render_report_html
@@ -54,7 +55,7 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
         "With an `Idempotency-Key`, repeating the same body returns the first job."
     ),
     dependencies=[Depends(require_json)],
-    responses=problem_responses(400, 401, 403, 409, 415, 422, 503),
+    responses=problem_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
 )
 def submit_job(
     body: JobCreate,
@@ -157,13 +158,17 @@ def get_report(
     "/{job_id}/report.html",
     response_class=HTMLResponse,
     summary="The report as a self-contained HTML page",
+    description=(
+        "Drawn from the stored report and each set's 2-D map, computed once by the worker"
+        f" (a seeded sample of at most {MAP_MAX_POINTS:,} points); the embeddings are not"
+        " read again."
+    ),
     responses=problem_responses(401, 404, 409, 410),
 )
 def get_report_html(job_id: JobId, tenant: CurrentTenant, jobs: JobServiceDep) -> HTMLResponse:
-    report = jobs.report_model(tenant=tenant, job_id=job_id)
-    embeddings, labels = jobs.report_arrays(tenant=tenant, job_id=job_id)
+    page = jobs.report_page(tenant=tenant, job_id=job_id)
     return HTMLResponse(
-        render_report_html(report, job_id=job_id, embeddings=embeddings, labels=labels),
+        render_report_html(page, job_id=job_id),
         headers={
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             "Cache-Control": _CACHE_CONTROL,

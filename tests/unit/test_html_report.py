@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import io
 import itertools
 import json
 import os
@@ -32,14 +33,23 @@ import pytest
 from sklearn.datasets import load_digits
 
 from api_schemas import AnalysisParams, Report
+from nnkgeo import report_map
 from nnkgeo.html_report import (
     CONTENT_SECURITY_POLICY,
-    MAP_MAX_POINTS,
     MAX_SUSPECT_ROWS,
-    _sample_rows,
+    NO_EMBEDDINGS_NOTE,
     fmt,
     nice_ticks,
     render_report_html,
+)
+from nnkgeo.report_map import (
+    MAP_MAX_POINTS,
+    EmbeddingMap,
+    compute_embedding_map,
+    read_embedding_map,
+    sample_rows,
+    top_components,
+    write_embedding_map,
 )
 from workers.geometry import EmbeddingSet, analyze
 
@@ -338,13 +348,153 @@ def test_suspects_table_is_capped_and_says_so(digits_page: Rendered) -> None:
 def test_map_sample_is_bounded_and_keeps_the_suspects() -> None:
     keep = [5, 17, 9_999, 12_345_678, -1]
 
-    rows = _sample_rows(10_000, keep, MAP_MAX_POINTS)
+    rows = sample_rows(10_000, keep, MAP_MAX_POINTS)
 
     assert rows.size == MAP_MAX_POINTS
     assert np.all(np.diff(rows) > 0)
     assert {5, 17, 9_999} <= set(rows.tolist())
-    assert np.array_equal(rows, _sample_rows(10_000, keep, MAP_MAX_POINTS))
-    assert np.array_equal(_sample_rows(50, keep, MAP_MAX_POINTS), np.arange(50))
+    assert np.array_equal(rows, sample_rows(10_000, keep, MAP_MAX_POINTS))
+    assert np.array_equal(sample_rows(50, keep, MAP_MAX_POINTS), np.arange(50))
+
+
+# --------------------------------------------------------------------------------------
+# The map computed once and stored (what the service's worker does)
+
+
+def reference_pca_map(sample: np.ndarray) -> np.ndarray:
+    """PCA by a full numpy SVD, each component signed so its largest entry is positive."""
+    centred = sample - sample.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    components = vt[:2] * np.sign(vt[:2][np.arange(2), np.argmax(np.abs(vt[:2]), axis=1)])[:, None]
+    return centred @ components.T
+
+
+def test_pca_map_matches_a_full_svd_with_the_sign_rule(digits_page: Rendered) -> None:
+    pixels = digits_page.embeddings["pixels"]
+
+    embedding_map = compute_embedding_map(pixels, digits_page.labels["pixels"])
+
+    assert embedding_map.method == "PCA"
+    assert np.array_equal(embedding_map.rows, np.arange(len(pixels)))
+    expected = reference_pca_map(pixels.astype(np.float64))
+    # The randomized PCA agrees with the full SVD to far less than a pixel of the plot.
+    extent = np.ptp(expected, axis=0)
+    assert np.all(np.abs(embedding_map.xy - expected).max(axis=0) < 1e-3 * extent)
+
+
+def test_pca_components_are_signed_the_same_whatever_the_random_start() -> None:
+    rng = np.random.default_rng(3)
+    points = rng.standard_normal((500, 12)) * np.linspace(4, 1, 12)
+    centred = points - points.mean(axis=0)
+
+    signed = [top_components(centred, 2, seed=seed)[0] for seed in range(6)]
+
+    for components in signed[1:]:
+        assert np.abs(components - signed[0]).max() < 1e-8
+
+
+def test_stored_map_draws_the_same_page_as_the_embeddings(digits_page: Rendered) -> None:
+    maps = {}
+    for set_report in digits_page.report.sets:
+        computed = compute_embedding_map(
+            digits_page.embeddings[set_report.name],
+            digits_page.labels[set_report.name],
+            suspects=[s.index for s in set_report.suspects],
+        )
+        file = io.BytesIO()
+        write_embedding_map(file, computed)
+        assert file.tell() < 100_000
+        file.seek(0)
+        maps[set_report.name] = read_embedding_map(file)
+
+    assert render_report_html(digits_page.report, maps=maps) == digits_page.html
+
+
+def test_map_file_keeps_labels_exactly_and_unlabelled_maps_stay_grey() -> None:
+    points = np.random.default_rng(0).standard_normal((40, 3))
+    labels = np.array([MALICIOUS, "é", "a b", ""] * 10)
+    for given in (labels, None):
+        file = io.BytesIO()
+        write_embedding_map(file, compute_embedding_map(points, given))
+        file.seek(0)
+
+        stored = read_embedding_map(file)
+
+        assert stored.labels == (None if given is None else tuple(labels.tolist()))
+
+
+def _map_file(**arrays: np.ndarray) -> io.BytesIO:
+    file = io.BytesIO()
+    np.savez(file, **arrays)
+    file.seek(0)
+    return file
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"format_version": np.asarray(2)},
+        {"rows": np.asarray([3, 1], dtype=np.int64)},
+        {"xy": np.zeros((3, 2))},
+        {"label_codes": np.asarray([0, 5], dtype=np.int64)},
+        {"note": np.asarray([{"a": 1}], dtype=object)},
+    ],
+)
+def test_malformed_map_files_are_refused(change: dict[str, np.ndarray]) -> None:
+    arrays = {
+        "format_version": np.asarray(1, dtype=np.int64),
+        "rows": np.asarray([1, 3], dtype=np.int64),
+        "xy": np.zeros((2, 2)),
+        "label_names": np.asarray(["a"]),
+        "label_codes": np.asarray([0, 0], dtype=np.int64),
+        "method": np.asarray("PCA"),
+        "x_title": np.asarray("PC 1"),
+        "y_title": np.asarray("PC 2"),
+        "note": np.asarray("PCA"),
+    }
+    assert read_embedding_map(_map_file(**arrays)).labels == ("a", "a")
+
+    with pytest.raises(ValueError, match="map file"):
+        read_embedding_map(_map_file(**{**arrays, **change}))
+
+
+def test_map_file_that_inflates_past_the_bound_is_refused(
+    digits_page: Rendered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = io.BytesIO()
+    write_embedding_map(file, compute_embedding_map(digits_page.embeddings["pixels"]))
+    assert file.tell() < 40_000  # compressed; 43 kB of arrays inflated
+    monkeypatch.setattr(report_map, "MAP_FILE_MAX_BYTES", 20_000)
+    file.seek(0)
+
+    with pytest.raises(ValueError, match="more than 20000"):
+        read_embedding_map(file)
+
+
+def test_a_set_without_a_map_shows_the_note_it_is_given(digits_page: Rendered) -> None:
+    note = "Not available: no map was stored with this report."
+
+    html = render_report_html(digits_page.report, map_notes={"pixels": note})
+
+    assert html.count(note) == 1
+    assert html.count(NO_EMBEDDINGS_NOTE) == 1  # pca-16, which has no note of its own
+
+
+def test_a_stored_map_naming_points_the_report_lacks_is_not_drawn(digits_page: Rendered) -> None:
+    n = digits_page.report.sets[0].n_points
+    stray = EmbeddingMap(
+        rows=np.asarray([0, n], dtype=np.int64),
+        xy=np.zeros((2, 2)),
+        labels=None,
+        method="PCA",
+        x_title="PC 1",
+        y_title="PC 2",
+        note="PCA",
+    )
+
+    html = render_report_html(digits_page.report, maps={"pixels": stray})
+
+    assert "Not drawn: the stored map names points the report does not have." in html
 
 
 @pytest.mark.parametrize(
