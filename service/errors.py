@@ -227,9 +227,16 @@ _PROBLEM_DESCRIPTIONS = {
     404: "No such resource for this tenant.",
     409: "The resource is not in a state that allows this.",
     410: "The result has expired.",
-    413: "The upload is larger than NNKGEO_MAX_UPLOAD_BYTES.",
+    413: (
+        "The body is too large: an upload past NNKGEO_MAX_UPLOAD_BYTES or the tenant's "
+        "NNKGEO_TENANT_MAX_STORED_BYTES, any other body past NNKGEO_MAX_JSON_BYTES."
+    ),
     415: "Wrong Content-Type.",
     422: "Invalid input; `errors` names each field and what to fix.",
+    429: (
+        "The tenant has NNKGEO_TENANT_MAX_ACTIVE_JOBS jobs queued or running; retry after "
+        "`Retry-After` seconds."
+    ),
     503: "A dependency (Redis, the broker, the workers) is unavailable.",
 }
 
