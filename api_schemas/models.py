@@ -27,6 +27,10 @@ UploadId = Annotated[
 ]
 MAX_STUDY_MODELS = 16
 MAX_LAYERS = 64
+# A path the workers open: well under Linux's PATH_MAX (4096 bytes), and each name within
+# NAME_MAX (255 bytes), past which every system call fails with ENAMETOOLONG.
+MAX_PATH_CHARS = 1024
+MAX_PATH_NAME_BYTES = 255
 
 
 class _Spec(BaseModel):
@@ -99,7 +103,14 @@ class DirectoryDataset(_Spec):
     ``.npy`` array per image (H x W or C x H x W).
     """
 
-    path: str = Field(min_length=1, max_length=4096, description="Absolute path.")
+    path: str = Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description=(
+            f"Absolute path, at most {MAX_PATH_CHARS} characters, each name in it at most "
+            f"{MAX_PATH_NAME_BYTES} bytes (UTF-8)."
+        ),
+    )
     split: DatasetSplit | None = None
 
     @field_validator("path")
@@ -107,6 +118,15 @@ class DirectoryDataset(_Spec):
     def _absolute(cls, path: str) -> str:
         if not path.startswith("/"):
             raise ValueError("path must be absolute (start with '/')")
+        if "\0" in path:
+            raise ValueError("path must not contain a NUL character")
+        for name in path.split("/"):
+            size = len(name.encode("utf-8", "surrogatepass"))
+            if size > MAX_PATH_NAME_BYTES:
+                raise ValueError(
+                    f"each name in the path may have at most {MAX_PATH_NAME_BYTES} bytes; "
+                    f"{name[:32]!r}... has {size}"
+                )
         return path
 
 

@@ -2,7 +2,8 @@
 # Run nnkgeo end to end on a demo, on a fresh Debian/Ubuntu machine with Python 3.11+:
 #   - creates .venv and installs the project if needed,
 #   - starts Redis if none answers on NNKGEO_REDIS_URL (installing redis-server as root),
-#   - starts a Celery worker and the API with a demo configuration (under var/demo),
+#   - starts a Celery worker, a webhooks worker and the API with a demo configuration
+#     (under var/demo),
 #   - embeds scikit-learn's digits (standardised pixels, PCA to 32 dimensions),
 #   - uploads them, submits a job, polls it, and prints the report's headline numbers,
 #   - stops everything it started, on success, failure or Ctrl-C.
@@ -89,16 +90,22 @@ url = urlsplit(sys.argv[1]); print(url.hostname or '127.0.0.1', url.port or 6379
 fi
 
 # --- Worker and API -----------------------------------------------------------------------
-log "starting a worker and the API on $base_url (logs in $demo_dir)"
+log "starting a worker, a webhooks worker and the API on $base_url (logs in $demo_dir)"
 .venv/bin/celery -A workers.celery_app worker -Q cpu,gpu --concurrency 1 --loglevel INFO \
   >"$demo_dir/worker.log" 2>&1 &
 started_pids+=($!)
-.venv/bin/uvicorn service.main:app --host 127.0.0.1 --port "$port" >"$demo_dir/api.log" 2>&1 &
+# Webhook deliveries have a queue of their own (NNKGEO_WEBHOOK_QUEUE), served apart from
+# jobs as in docker-compose.yml: a slow receiver never holds the worker that runs jobs.
+.venv/bin/celery -A workers.celery_app worker -Q webhooks --concurrency 1 --loglevel INFO \
+  -n "webhooks@%h" >"$demo_dir/webhooks.log" 2>&1 &
+started_pids+=($!)
+.venv/bin/uvicorn service.main:app --http service.http_protocol:BoundedHttpToolsProtocol \
+  --host 127.0.0.1 --port "$port" >"$demo_dir/api.log" 2>&1 &
 started_pids+=($!)
 for _ in $(seq 240); do
   curl -fsS "$base_url/readyz" >/dev/null 2>&1 && break
   for pid in "${started_pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null || die "a process exited; see $demo_dir/worker.log and api.log"
+    kill -0 "$pid" 2>/dev/null || die "a process exited; see $demo_dir/*.log"
   done
   sleep 0.5
 done

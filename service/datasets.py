@@ -1,11 +1,18 @@
 """Uploaded datasets: streaming an upload into the blob store, and a tenant's records.
 
 An upload is written to a staging file while it is hashed and counted; it is refused
-(413) as soon as it passes NNKGEO_MAX_UPLOAD_BYTES, then checked by
-`workers.arrayfiles.inspect_arrays` (a model file: by `check_model_archive` and the op
-allow-list of `modelcheck`, which reads the model as data and imports no torch), and
+(413) as soon as it passes NNKGEO_MAX_UPLOAD_BYTES, then checked (arrays by
+`workers.arrayfiles.scan_arrays`, which streams the file and stops at any array that
+decompresses past NNKGEO_MAX_ARRAY_BYTES, 413; a model file by `check_model_archive` and
+the op allow-list of `modelcheck`, which reads the model as data and imports no torch), and
 only then moved to its content address. On any failure the staging file is removed: nothing
 half-written stays behind.
+
+A tenant's uploads are bounded in total by NNKGEO_TENANT_MAX_STORED_BYTES (413), checked
+against the declared or streamed length before the file is kept, and atomically when its
+record is stored. Dataset records live until deleted, so instead of a TTL their size is
+capped: at most `MAX_ARRAYS_PER_UPLOAD` arrays, names of at most `MAX_ARRAY_NAME_CHARS`
+characters, `MAX_DATASET_RECORD_BYTES` of JSON in all (422 naming the file).
 """
 
 from __future__ import annotations
@@ -26,12 +33,18 @@ from service.blobs import BlobStore, StagedBlob
 from service.errors import ProblemError, invalid_input, not_found
 from service.records import DATASET_ID_PATTERN, DatasetRecord, StoredArray, utc_now
 from service.retention import remove_blob_if_unreferenced
-from service.store import Store
-from workers.arrayfiles import array_stats, inspect_arrays, load_array
+from service.store import Store, StoredBytesQuotaError
+from workers.arrayfiles import ArrayTooLargeError, scan_arrays
 from workers.geometry import InvalidInputError
 
 # Disk writes leave the event loop in blocks of this size, not per network chunk.
 _WRITE_BLOCK_BYTES = 1 << 20
+
+# What one dataset record (kept in Redis until DELETE) may hold: 1,024 entries of a
+# 256-character name, a shape and a dtype stay far below the 1 MiB record cap.
+MAX_ARRAYS_PER_UPLOAD = 1024
+MAX_ARRAY_NAME_CHARS = 256
+MAX_DATASET_RECORD_BYTES = 1024**2
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,18 @@ def dataset_id_for(*, tenant: str, sha256: str, fmt: str) -> str:
     """The same bytes in the same format give the same id, per tenant (never shared)."""
     digest = hashlib.sha256(f"{tenant}\0{sha256}\0{fmt}".encode()).hexdigest()
     return f"ds_{digest[:32]}"
+
+
+def array_too_large(error: ArrayTooLargeError) -> ProblemError:
+    """413 for an upload holding an array that decompresses past NNKGEO_MAX_ARRAY_BYTES."""
+    return ProblemError(
+        413,
+        f"{error.message} (NNKGEO_MAX_ARRAY_BYTES); the upload was not kept. Split the "
+        "array over several files, or ask the operator to raise the limit.",
+        slug="array-too-large",
+        title="Array too large",
+        errors=[FieldError(field=error.field, message=error.message)],
+    )
 
 
 def upload_too_large(limit: int) -> ProblemError:
@@ -101,11 +126,63 @@ def check_model_archive(path: Path, *, fmt: str) -> None:
         )
 
 
+def stored_bytes_quota_exceeded(*, stored_bytes: int, size_bytes: int, limit: int) -> ProblemError:
+    return ProblemError(
+        413,
+        f"This tenant stores {stored_bytes} bytes of uploads; {size_bytes} more would pass its "
+        f"limit of {limit} bytes (NNKGEO_TENANT_MAX_STORED_BYTES). Delete datasets it no "
+        "longer needs (DELETE /v1/datasets/{id}), then upload again.",
+        slug="stored-bytes-quota-exceeded",
+        title="Storage quota exceeded",
+    )
+
+
+def check_record_size(record: DatasetRecord) -> None:
+    """Refuse (422, field ``file``) a file whose record would be too large to keep.
+
+    Raises
+    ------
+    ProblemError
+        422 for more than `MAX_ARRAYS_PER_UPLOAD` arrays, a name longer than
+        `MAX_ARRAY_NAME_CHARS`, or a record over `MAX_DATASET_RECORD_BYTES` of JSON.
+    """
+    problem: str | None = None
+    long_names = [a.name for a in record.arrays if len(a.name) > MAX_ARRAY_NAME_CHARS]
+    if len(record.arrays) > MAX_ARRAYS_PER_UPLOAD:
+        problem = (
+            f"holds {len(record.arrays)} arrays; an upload may hold at most "
+            f"{MAX_ARRAYS_PER_UPLOAD} (split it into several files)"
+        )
+    elif long_names:
+        problem = (
+            f"names an array with {len(long_names[0])} characters ({long_names[0][:40]!r}...); "
+            f"array names may have at most {MAX_ARRAY_NAME_CHARS}"
+        )
+    elif len(record.model_dump_json()) > MAX_DATASET_RECORD_BYTES:
+        problem = (
+            f"describes its arrays in more than {MAX_DATASET_RECORD_BYTES} bytes of metadata "
+            "(shapes, names); split it into several files"
+        )
+    if problem is not None:
+        raise invalid_input([FieldError(field="file", message=problem)])
+
+
 class DatasetService:
-    def __init__(self, *, store: Store, blobs: BlobStore, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        max_upload_bytes: int,
+        max_stored_bytes: int = 0,
+        max_array_bytes: int | None = None,
+    ) -> None:
         self._store = store
         self._blobs = blobs
         self.max_upload_bytes = max_upload_bytes
+        self.max_stored_bytes = max_stored_bytes
+        # Settings.array_limit_bytes: NNKGEO_MAX_ARRAY_BYTES, or the upload limit.
+        self.max_array_bytes = max_array_bytes or max_upload_bytes
 
     async def upload(
         self,
@@ -117,11 +194,30 @@ class DatasetService:
     ) -> Upload:
         if declared_length is not None and declared_length > self.max_upload_bytes:
             raise upload_too_large(self.max_upload_bytes)
+        # Checked before a byte is staged. The file is counted as new: whether the tenant
+        # has these bytes already is known only once they are read, so close to its quota
+        # a repeated upload is refused here too (`add_dataset` charges it nothing).
+        stored_bytes = (
+            await anyio.to_thread.run_sync(self._store.stored_bytes, tenant.name)
+            if self.max_stored_bytes
+            else 0
+        )
+        room = self.max_stored_bytes - stored_bytes if self.max_stored_bytes else None
+
+        def check_room(size_bytes: int) -> None:
+            if room is not None and size_bytes > room:
+                raise stored_bytes_quota_exceeded(
+                    stored_bytes=stored_bytes, size_bytes=size_bytes, limit=self.max_stored_bytes
+                )
+
+        if declared_length is not None:
+            check_room(declared_length)
         with self._blobs.staged(prefix="upload-") as staged:
             pending = bytearray()
             async for chunk in body:
                 if staged.size_bytes + len(pending) + len(chunk) > self.max_upload_bytes:
                     raise upload_too_large(self.max_upload_bytes)
+                check_room(staged.size_bytes + len(pending) + len(chunk))
                 pending += chunk
                 if len(pending) >= _WRITE_BLOCK_BYTES:
                     await anyio.to_thread.run_sync(staged.write, bytes(pending))
@@ -146,17 +242,35 @@ class DatasetService:
             sha256=staged.sha256,
             format=fmt,
             size_bytes=staged.size_bytes,
-            arrays=self._describe_arrays(staged, fmt),
+            arrays=self._describe_arrays(staged, fmt, max_array_bytes=self.max_array_bytes),
             created_at=utc_now(),
         )
-        with self._store.blob_lock(record.sha256):
-            self._blobs.commit(staged)
-            stored, created = self._store.add_dataset(record)
+        check_record_size(record)
+        try:
+            with self._store.blob_lock(record.sha256):
+                self._blobs.commit(staged)
+                stored, created = self._store.add_dataset(
+                    record, max_stored_bytes=self.max_stored_bytes
+                )
+        except StoredBytesQuotaError as error:
+            # Another upload of the tenant got in first. The file went into place before
+            # the record (a record never names a missing file): take it out again unless
+            # something else holds it.
+            remove_blob_if_unreferenced(self._store, self._blobs, record.sha256)
+            raise stored_bytes_quota_exceeded(
+                stored_bytes=error.stored_bytes, size_bytes=error.size_bytes, limit=error.limit
+            ) from None
         return Upload(dataset=stored, created=created)
 
     @staticmethod
-    def _describe_arrays(staged: StagedBlob, fmt: str) -> list[StoredArray]:
-        """Validate the file (InvalidInputError -> 422) and note what jobs will check."""
+    def _describe_arrays(
+        staged: StagedBlob, fmt: str, *, max_array_bytes: int
+    ) -> list[StoredArray]:
+        """Validate the file (InvalidInputError -> 422) and note what jobs will check.
+
+        Arrays are scanned in chunks, never inflated whole: an array that decompresses
+        past ``max_array_bytes`` stops the scan with a 413.
+        """
         if fmt in MODEL_FORMATS:
             if fmt != "onnx":
                 check_model_archive(staged.path, fmt=fmt)
@@ -165,15 +279,21 @@ class DatasetService:
             except ModelRefusedError as error:
                 raise InvalidInputError("file", str(error)) from None
             return []
+        try:
+            scanned = scan_arrays(staged.path, fmt=fmt, max_array_bytes=max_array_bytes)
+        except ArrayTooLargeError as error:
+            raise array_too_large(error) from None
         described = []
-        for info in inspect_arrays(staged.path, fmt=fmt):
-            zero_rows = None
-            if len(info.shape) == 2:  # a candidate for embeddings; array_stats skips non-floats
-                matrix = load_array(staged.path, fmt=fmt, name=info.name, mmap=True)
-                zero_rows = array_stats(matrix).zero_rows
+        for array in scanned:
+            # Only a 2-D array can be embeddings; zero rows matter to the cosine kernel.
+            two_d = len(array.info.shape) == 2
             described.append(
                 StoredArray(
-                    name=info.name, shape=list(info.shape), dtype=info.dtype, zero_rows=zero_rows
+                    name=array.info.name,
+                    shape=list(array.info.shape),
+                    dtype=array.info.dtype,
+                    zero_rows=array.stats.zero_rows if two_d else None,
+                    first_zero_row=array.stats.first_zero_row if two_d else None,
                 )
             )
         return described

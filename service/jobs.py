@@ -16,14 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
-from api_schemas import JobCreate, JobLinks, JobList, JobOut, JobProgress, JobStatus, Report
+from api_schemas import (
+    AnalysisParams,
+    JobCreate,
+    JobLinks,
+    JobList,
+    JobOut,
+    JobProgress,
+    JobStatus,
+    Report,
+)
 from api_schemas.datasets import DatasetRef
 from api_schemas.problems import FieldError
 from service.auth import Tenant
 from service.blobs import BlobStore
 from service.errors import ProblemError, invalid_input, not_found
+from service.html import ReportPage, load_report_page
 from service.model_jobs import resolve_model_job
 from service.records import (
     JOB_ID_PATTERN,
@@ -37,16 +45,17 @@ from service.records import (
     new_job_id,
     utc_now,
 )
-from service.store import CancelOutcome, Store
-from service.webhooks import WebhookPolicy
-from workers.arrayfiles import load_array
+from service.store import CancelOutcome, Store, WebhookDelivery
+from service.webhooks import WebhookPolicy, webhook_out
 from workers.geometry import ALGORITHM_VERSION, InvalidInputError, check_set_shapes
+from workers.geometry.memory import SHARD_ALIGNMENT, MemoryBudgetError, plan_solve_block
 
 GraphKind = Literal["symmetric", "directed"]
 EnqueueJob = Callable[..., None]
 """Called as ``enqueue(job_id=..., tenant=..., queue=...)``."""
 
 RETRY_AFTER_S = 1
+QUOTA_RETRY_AFTER_S = 10
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,17 @@ def cache_key_for(spec: JobSpec) -> str:
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
 
+def too_many_active_jobs(limit: int) -> ProblemError:
+    return ProblemError(
+        429,
+        f"This tenant has {limit} jobs queued or running, its limit "
+        "(NNKGEO_TENANT_MAX_ACTIVE_JOBS); submit again once one has finished.",
+        slug="too-many-active-jobs",
+        title="Too many active jobs",
+        headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+    )
+
+
 @dataclass(frozen=True)
 class Submission:
     job: JobOut
@@ -115,7 +135,8 @@ def job_links(job_id: str, set_names: list[str]) -> JobLinks:
     )
 
 
-def to_job_out(job: JobRecord) -> JobOut:
+def to_job_out(job: JobRecord, delivery: WebhookDelivery | None = None) -> JobOut:
+    """The job resource; `delivery` is its webhook's record, if it has a callback_url."""
     return JobOut(
         id=job.id,
         status=job.status,
@@ -126,7 +147,39 @@ def to_job_out(job: JobRecord) -> JobOut:
         cached=job.cached,
         error=job.error,
         links=job_links(job.id, [s.name for s in job.spec.sets]),
+        webhook=None if job.callback_url is None else webhook_out(delivery),
     )
+
+
+@dataclass(frozen=True)
+class JobMemoryPolicy:
+    """Refuses, at submission, a set that cannot fit the job memory budget in any blocks.
+
+    The same estimate the worker blocks by (:mod:`workers.geometry.memory`), at its
+    smallest: one solve thread, and for a set that will be sharded, one shard of
+    :data:`~workers.geometry.analysis.SHARD_ALIGNMENT` rows.
+    """
+
+    budget_bytes: int
+    shard_min_points: int
+
+    def check_set(self, shape: Sequence[int], *, params: AnalysisParams, field: str) -> None:
+        n_points, dim = int(shape[0]), int(shape[1])
+        rows = n_points if n_points < self.shard_min_points else min(n_points, SHARD_ALIGNMENT)
+        try:
+            plan_solve_block(
+                n_points,
+                dim,
+                params.k,
+                budget_bytes=self.budget_bytes,
+                n_classes=n_points,
+                rows=rows,
+                threads=1,
+                approximate=params.knn == "approximate",
+            )
+        except MemoryBudgetError as error:
+            field_name = "params.k" if error.field == "params.k" else field
+            raise MemoryBudgetError(field_name, error.message) from None
 
 
 class JobService:
@@ -139,6 +192,8 @@ class JobService:
         queue_for: Callable[[JobSpec], str],
         data_roots: Sequence[Path] = (),
         webhooks: WebhookPolicy | None = None,
+        memory: JobMemoryPolicy | None = None,
+        max_active_jobs: int = 0,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -146,6 +201,8 @@ class JobService:
         self._queue_for = queue_for
         self._data_roots = tuple(data_roots)
         self._webhooks = webhooks or WebhookPolicy()
+        self._memory = memory
+        self._max_active_jobs = max_active_jobs
 
     # Submission -----------------------------------------------------------------------
 
@@ -200,7 +257,7 @@ class JobService:
                 slug="idempotency-key-in-flight",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        return Submission(job=to_job_out(job), replayed=True)
+        return Submission(job=self._job_out(job), replayed=True)
 
     def _callback_url(self, tenant: Tenant, request: JobCreate) -> str | None:
         """The job's callback_url, once the operator's policy admits it (else a 422).
@@ -250,8 +307,12 @@ class JobService:
             created_at=now,
             callback_url=callback_url,
         )
+        # Counted before anything is stored; a cache hit (above) never counts.
+        if not self._store.admit_active_job(tenant.name, job_id, limit=self._max_active_jobs):
+            raise too_many_active_jobs(self._max_active_jobs)
         gone = self._store.pin_datasets(tenant.name, job_id, spec.dataset_ids())
         if gone:
+            self._store.release_active_job(tenant.name, job_id)
             raise invalid_input(
                 [FieldError(field="sets", message=f"dataset {d} was just deleted") for d in gone]
             )
@@ -259,6 +320,7 @@ class JobService:
             self._store.create_job(job)
         except BaseException:
             self._store.unpin_datasets(tenant.name, job_id, spec.dataset_ids())
+            self._store.release_active_job(tenant.name, job_id)
             raise
         try:
             self._enqueue(job_id=job_id, tenant=tenant.name, queue=queue)
@@ -284,7 +346,11 @@ class JobService:
         """Turn dataset references into exact blobs and arrays, checking all of them."""
         if request.kind != "sets":
             return resolve_model_job(
-                request, store=self._store, tenant=tenant.name, data_roots=self._data_roots
+                request,
+                store=self._store,
+                tenant=tenant.name,
+                data_roots=self._data_roots,
+                memory_budget_bytes=self._memory.budget_bytes if self._memory else None,
             )
         errors: list[FieldError] = []
         datasets: dict[str, DatasetRecord | None] = {}
@@ -351,14 +417,25 @@ class JobService:
                     ids_shape=ids[1].shape if ids else None,
                     params=params,
                 )
+                if self._memory is not None:
+                    self._memory.check_set(
+                        embeddings[1].shape, params=params, field=f"{where}.embeddings"
+                    )
             except InvalidInputError as error:
                 errors.append(FieldError(field=error.field, message=error.message))
                 continue
             if params.kernel == "cosine" and embeddings[1].zero_rows:
+                stored = embeddings[1]
+                # Records stored before first_zero_row existed lack it.
+                first = (
+                    ""
+                    if stored.first_zero_row is None
+                    else f" (the first is row {stored.first_zero_row})"
+                )
                 errors.append(
                     FieldError(
                         field=f"{where}.embeddings",
-                        message=f"{embeddings[1].zero_rows} rows are zero vectors, which have "
+                        message=f"{stored.zero_rows} rows are zero vectors{first}, which have "
                         "no direction under the cosine kernel; drop them or use "
                         "kernel='gaussian'",
                     )
@@ -384,8 +461,17 @@ class JobService:
             raise not_found(f"Job {job_id}")
         return job
 
+    def _job_out(self, job: JobRecord) -> JobOut:
+        # The delivery lives in a key of its own: read only for jobs that have one.
+        delivery = (
+            None
+            if job.callback_url is None
+            else self._store.get_webhook_delivery(job.tenant, job.id)
+        )
+        return to_job_out(job, delivery)
+
     def get(self, *, tenant: Tenant, job_id: str) -> JobOut:
-        return to_job_out(self._job(tenant, job_id))
+        return self._job_out(self._job(tenant, job_id))
 
     def list(self, *, tenant: Tenant, limit: int, cursor: str | None) -> JobList:
         if cursor is not None and not JOB_ID_PATTERN.match(cursor):
@@ -393,7 +479,7 @@ class JobService:
                 [FieldError(field="query.cursor", message="not a cursor this API returned")]
             )
         jobs, next_cursor = self._store.list_jobs(tenant.name, limit=limit, before=cursor)
-        return JobList(items=[to_job_out(job) for job in jobs], next_cursor=next_cursor)
+        return JobList(items=[self._job_out(job) for job in jobs], next_cursor=next_cursor)
 
     def cancel(self, *, tenant: Tenant, job_id: str) -> JobOut:
         """Cancel a queued job at once; ask a running one to stop at its next checkpoint."""
@@ -408,7 +494,7 @@ class JobService:
                 f"Job {job_id} already {current.status.value}; there is nothing to cancel.",
                 slug="job-finished",
             )
-        return to_job_out(self._job(tenant, job_id))
+        return self._job_out(self._job(tenant, job_id))
 
     # Results ----------------------------------------------------------------------------
 
@@ -441,31 +527,14 @@ class JobService:
     def report_model(self, *, tenant: Tenant, job_id: str) -> Report:
         return Report.model_validate_json(self.report(tenant=tenant, job_id=job_id).json)
 
-    def report_arrays(
-        self, *, tenant: Tenant, job_id: str
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Embeddings and labels by set name, memory-mapped, for the page's 2-D maps.
+    def report_page(self, *, tenant: Tenant, job_id: str) -> ReportPage:
+        """The report with each set's 2-D map, as the worker stored it (`service.html`).
 
-        Only a ``sets`` job's inputs are stored (an embed or study job's embeddings live
-        in its worker only); a set whose input file is gone is left out: the page then
-        says its map is not available.
+        Reads the small map blobs only, never the embeddings.
         """
-        job, _ = self._result(tenant, job_id)
-        embeddings: dict[str, np.ndarray] = {}
-        labels: dict[str, np.ndarray] = {}
-        for set_input in job.spec.sets:
-            try:
-                embeddings[set_input.name] = self._mapped(set_input.embeddings)
-                if set_input.labels is not None:
-                    labels[set_input.name] = self._mapped(set_input.labels)
-            except (OSError, InvalidInputError):
-                embeddings.pop(set_input.name, None)
-        return embeddings, labels
-
-    def _mapped(self, array: ArrayInput) -> np.ndarray:
-        return load_array(
-            self._blobs.path_of(array.sha256), fmt=array.format, name=array.array, mmap=True
-        )
+        _, result = self._result(tenant, job_id)
+        report = Report.model_validate_json(result.report_json)
+        return load_report_page(report, result.graphs, self._blobs)
 
     def graph_file(self, *, tenant: Tenant, job_id: str, set_name: str, kind: GraphKind) -> Path:
         _, result = self._result(tenant, job_id)

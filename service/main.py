@@ -1,4 +1,9 @@
-"""The app factory: `uvicorn service.main:app`.
+"""The app factory. The API is started with
+
+    uvicorn service.main:app --http service.http_protocol:BoundedHttpToolsProtocol
+
+(the protocol class bounds the time a client may take to send headers and body; see
+`service.http_protocol`).
 
 Settings are read and checked here, at import, so that a misconfigured API refuses to
 start with one clear message instead of failing on the first request.
@@ -19,10 +24,11 @@ import api_schemas
 from api_schemas import Problem
 from service.auth import ApiKeyring
 from service.blobs import BlobStore
+from service.body_limit import BodySizeLimitMiddleware
 from service.datasets import DatasetService
 from service.deps import Services
-from service.errors import PROBLEM_MEDIA_TYPE, install_problem_handlers
-from service.jobs import JobService
+from service.errors import PROBLEM_MEDIA_TYPE, install_problem_handlers, problem_responses
+from service.jobs import JobMemoryPolicy, JobService
 from service.metrics import HttpMetrics, HttpMetricsMiddleware, JobMetricsCollector
 from service.routes import datasets, health, jobs
 from service.settings import Settings, get_settings
@@ -36,6 +42,9 @@ from workers.celery_app import (
 )
 
 API_VERSION = "1.0.0"
+# Routes that stream their body to disk under NNKGEO_MAX_UPLOAD_BYTES instead of the
+# NNKGEO_MAX_JSON_BYTES bound of every other body.
+STREAMED_UPLOAD_ROUTES = (("POST", "/v1/datasets"),)
 STAGING_LEFTOVER_AGE_S = 24 * 3600
 
 logger = logging.getLogger(__name__)
@@ -57,9 +66,17 @@ def _problem_only_openapi(app: FastAPI) -> dict[str, Any]:
     for definition_name, definition in components["Problem"].pop("$defs", {}).items():
         components.setdefault(definition_name, definition)
     problem_content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    for path_item in schema.get("paths", {}).values():
+    # Answers no route declares, because they come from below every route: any /v1
+    # operation reads the store (503 while it is unavailable), and any body other than an
+    # upload is bounded by NNKGEO_MAX_JSON_BYTES (413).
+    cross_cutting = {str(code): response for code, response in problem_responses(413, 503).items()}
+    for path, path_item in schema.get("paths", {}).items():
         for operation in path_item.values():
-            responses = operation.get("responses", {})
+            responses = operation.setdefault("responses", {})
+            if path.startswith("/v1/"):
+                responses.setdefault("503", cross_cutting["503"])
+            if "requestBody" in operation:
+                responses.setdefault("413", cross_cutting["413"])
             # FastAPI documents its own validation error shape; ours is a Problem.
             if "422" in responses:
                 responses["422"] = {
@@ -94,7 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keyring=keyring,
         store=store,
         datasets=DatasetService(
-            store=store, blobs=blobs, max_upload_bytes=settings.max_upload_bytes
+            store=store,
+            blobs=blobs,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_stored_bytes=settings.tenant_max_stored_bytes,
+            max_array_bytes=settings.array_limit_bytes,
         ),
         jobs=JobService(
             store=store,
@@ -103,6 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue_for=lambda spec: queue_for(spec.params, settings),
             data_roots=settings.data_root_paths,
             webhooks=WebhookPolicy.from_settings(settings),
+            memory=JobMemoryPolicy(
+                budget_bytes=settings.memory_planning_budget_bytes,
+                shard_min_points=settings.shard_min_points,
+            ),
+            max_active_jobs=settings.tenant_max_active_jobs,
         ),
         celery=celery,
         metrics_registry=registry,
@@ -131,6 +157,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_problem_handlers(app)
+    # Added first, so it runs inside the metrics middleware: its 413s are counted too.
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_json_bytes, streamed=STREAMED_UPLOAD_ROUTES
+    )
     app.add_middleware(HttpMetricsMiddleware, metrics=http_metrics)
     app.include_router(datasets.router)
     app.include_router(jobs.router)

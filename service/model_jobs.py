@@ -47,6 +47,7 @@ from service.store import Store
 from workers.geometry import InvalidInputError
 from workers.models import PathNotAllowedError, resolve_data_path
 from workers.models.datasets import DEFAULT_INPUTS_ARRAY, DEFAULT_LABELS_ARRAY
+from workers.models.footprint import check_family_fits
 
 __all__ = ["family_layer_names", "resolve_model_job"]
 
@@ -54,6 +55,9 @@ __all__ = ["family_layer_names", "resolve_model_job"]
 _DIGITS_POINT_SHAPE = {"images": (1, 8, 8), "vectors": (64,)}
 _DATASET_FORMATS = ("npz", "safetensors")
 _LISTED_NAMES = 40
+# Classes a study's classifier is sized for at submission, when the labels are not read
+# yet: its output layer is a small share of any model that could exceed a budget.
+_MAX_CLASSES_GUESS = 1000
 
 
 def family_layer_names(model: MLPModel | CNNModel | MLPWidths | CNNWidths) -> list[str]:
@@ -81,10 +85,18 @@ def family_layer_names(model: MLPModel | CNNModel | MLPWidths | CNNWidths) -> li
 class _ModelJobResolver:
     """Collects every problem of one request, then the uploads it reads."""
 
-    def __init__(self, *, store: Store, tenant: str, data_roots: Sequence[Path]) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        tenant: str,
+        data_roots: Sequence[Path],
+        memory_budget_bytes: int | None = None,
+    ) -> None:
         self._store = store
         self._tenant = tenant
         self._data_roots = data_roots
+        self._memory_budget_bytes = memory_budget_bytes
         self.errors: list[FieldError] = []
         self.uploads: dict[str, UploadInput] = {}
 
@@ -250,10 +262,46 @@ class _ModelJobResolver:
         point_shape = self.dataset(spec.dataset, field="study.dataset")
         self.family(spec.model, point_shape, field="study.model")
         self.layers(spec.layers, spec.model, field="study.layers")
+        if point_shape is not None and self._memory_budget_bytes is not None:
+            self.trainable(spec, point_shape)
+
+    def trainable(self, spec: StudySpec, point_shape: tuple[int, ...]) -> None:
+        """Each model of the study can be trained within the job memory budget."""
+        assert self._memory_budget_bytes is not None
+        model = spec.model
+        if isinstance(model, MLPWidths):
+            sizes = [
+                ("widths", index, MLPModel(family="mlp", depth=model.depth, width=width))
+                for index, width in enumerate(model.widths)
+            ]
+        elif len(point_shape) == 3:  # else `family` has refused a cnn on vectors already
+            sizes = [
+                ("width_multipliers", index, CNNModel(family="cnn", width_multiplier=m))
+                for index, m in enumerate(model.width_multipliers)
+            ]
+        else:
+            return
+        for name, index, single in sizes:
+            try:
+                check_family_fits(
+                    single,
+                    input_shape=point_shape,
+                    n_classes=_MAX_CLASSES_GUESS,
+                    batch_size=spec.train.batch_size,
+                    budget_bytes=self._memory_budget_bytes,
+                    field=f"study.model.{name}[{index}]",
+                )
+            except InvalidInputError as error:
+                self._fail(error.field, error.message)
 
 
 def resolve_model_job(
-    request: JobCreate, *, store: Store, tenant: str, data_roots: Sequence[Path]
+    request: JobCreate,
+    *,
+    store: Store,
+    tenant: str,
+    data_roots: Sequence[Path],
+    memory_budget_bytes: int | None = None,
 ) -> JobSpec:
     """The record of an embed or study job, once every check above has passed.
 
@@ -262,7 +310,12 @@ def resolve_model_job(
     ProblemError
         422 listing every problem found, or 403 for a directory outside the roots.
     """
-    resolver = _ModelJobResolver(store=store, tenant=tenant, data_roots=data_roots)
+    resolver = _ModelJobResolver(
+        store=store,
+        tenant=tenant,
+        data_roots=data_roots,
+        memory_budget_bytes=memory_budget_bytes,
+    )
     if request.embed is not None:
         resolver.embed(request.embed)
     elif request.study is not None:

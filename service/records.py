@@ -51,7 +51,12 @@ class StoredArray(BaseModel):
     shape: list[int]
     dtype: str
     zero_rows: int | None = Field(
-        None, description="All-zero rows of a 2-D float array (no cosine); None unless 2-D."
+        None,
+        description="All-zero rows (in float32) of a 2-D numeric array (no cosine); None "
+        "unless 2-D.",
+    )
+    first_zero_row: int | None = Field(
+        None, description="Index of the first of those rows; None when there is none."
     )
 
 
@@ -159,13 +164,24 @@ class JobRecord(BaseModel):
 
 
 class GraphFiles(BaseModel):
-    """The blobs holding one set's graphs (scipy.sparse.save_npz files)."""
+    """The blobs made for one set: its graphs (scipy.sparse.save_npz files) and the 2-D
+    map its report page draws (`nnkgeo.report_map`).
+
+    All of them live as long as the result that names them (`Store.register_graph_blobs`).
+    """
 
     directed: str
     symmetric: str
+    map: str | None = Field(
+        None, description="The report page's 2-D map; None in results made before maps were."
+    )
 
     def sha256_of(self, kind: str) -> str:
         return self.directed if kind == "directed" else self.symmetric
+
+    def sha256s(self) -> list[str]:
+        """Every blob named here, to keep them alive together."""
+        return [sha for sha in (self.directed, self.symmetric, self.map) if sha is not None]
 
 
 class ResultRecord(BaseModel):

@@ -106,14 +106,6 @@ class Settings(BaseSettings):
             "down to a multiple of 4096, and at least 4096."
         ),
     )
-    block_memory_bytes: int = Field(
-        4 * GIB,
-        gt=0,
-        description=(
-            "Worker: memory one block task may use; blocks get fewer rows when their "
-            "estimated footprint (all N points once, plus k values per row) exceeds it."
-        ),
-    )
     worker_threads: int = Field(
         0,
         ge=0,
@@ -140,11 +132,63 @@ class Settings(BaseSettings):
 
     worker_memory_bytes: int = Field(
         4 * GIB,
-        ge=256 * 1024**2,
+        # The interpreter, torch and faiss alone take about 400 MiB.
+        ge=512 * 1024**2,
         description=(
-            "Worker: memory budget of one job. An uploaded model's sandboxed process may "
-            "map this much beyond its runtime (RLIMIT_AS)."
+            "Memory budget of one job, read by the API (a job that cannot fit even in its "
+            "smallest blocks is refused with 422) and the workers (block sizes are chosen "
+            "to fit it; a worker process, and an uploaded model's sandbox, run under an "
+            "address-space limit derived from it)."
         ),
+    )
+    memory_estimate_scale: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description=(
+            "Multiplies every memory estimate (raise it where jobs die of memory within "
+            "their budget: the estimates run low on that platform)."
+        ),
+    )
+    max_array_bytes: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Largest decompressed size of any array in an upload (413 beyond), counted "
+            "while inflating; 0 = MAX_UPLOAD_BYTES."
+        ),
+    )
+    max_json_bytes: int = Field(
+        1024**2, gt=0, description="Largest accepted JSON request body (413 beyond)."
+    )
+    tenant_max_active_jobs: int = Field(
+        0,
+        ge=0,
+        description="Queued or running jobs one tenant may have (429 beyond); 0 = unlimited.",
+    )
+    tenant_max_stored_bytes: int = Field(
+        0,
+        ge=0,
+        description="Bytes of uploads one tenant may keep stored (413 beyond); 0 = unlimited.",
+    )
+    request_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="API: a connection whose request headers do not complete in this long "
+        "is closed.",
+    )
+    request_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="API: an upload or body that makes no progress for this long is cut off "
+        "(its staging file removed).",
+    )
+    redis_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=30,
+        description="Connect and read timeout of the job store's Redis client; a hung Redis "
+        "gives 503 with Retry-After instead of a hang.",
     )
     model_cpu_seconds: int = Field(
         0,
@@ -169,6 +213,16 @@ class Settings(BaseSettings):
             "(no Landlock or seccomp). Unsafe with more than one tenant."
         ),
     )
+
+    @property
+    def memory_planning_budget_bytes(self) -> int:
+        """The budget estimates are held to: WORKER_MEMORY_BYTES / MEMORY_ESTIMATE_SCALE."""
+        return int(self.worker_memory_bytes / self.memory_estimate_scale)
+
+    @property
+    def array_limit_bytes(self) -> int:
+        """`max_array_bytes`, or MAX_UPLOAD_BYTES when 0."""
+        return self.max_array_bytes or self.max_upload_bytes
 
     @property
     def model_cpu_limit_s(self) -> int:
@@ -233,15 +287,27 @@ class Settings(BaseSettings):
         ),
     )
     webhook_timeout_s: float = Field(
-        10.0, gt=0, le=60, description="Worker: how long one POST may take (connect and read)."
+        10.0,
+        gt=0,
+        le=60,
+        description="Worker: longest single wait of one POST (connect, one read or write); "
+        "WEBHOOK_DEADLINE_S bounds the whole POST.",
     )
     webhook_queue: str = Field(
-        "",
+        "webhooks",
         pattern=r"^([a-z][a-z0-9_-]*)?$",
         description=(
-            "Celery queue of webhook deliveries; empty = CPU_QUEUE. Name a queue of its own "
-            "(served by a small worker) so that events never wait behind long jobs."
+            "Celery queue of webhook deliveries, served by a worker of its own (compose's "
+            "`webhooks` service) so that events never wait behind long jobs; empty = "
+            "CPU_QUEUE."
         ),
+    )
+    webhook_deadline_s: float = Field(
+        30.0,
+        gt=0,
+        le=300,
+        description="Worker: total time one POST may take, connect to last byte read "
+        "(at most 90 % of TASK_SOFT_TIME_LIMIT_S).",
     )
 
     @model_validator(mode="after")

@@ -3,11 +3,13 @@
 Layout (all keys start with ``nnkgeo:``; ``{t}`` is a tenant name, restricted by
 `service.auth.TENANT_NAME_PATTERN`; ids are checked against their patterns before use):
 
-    t:{t}:dataset:{id}            string, DatasetRecord JSON; no TTL (lives until DELETE)
+    t:{t}:dataset:{id}            string, DatasetRecord JSON; no TTL (lives until DELETE),
+                                  so its size is capped instead (`service.datasets`)
     t:{t}:dataset:{id}:jobs       set of unfinished job ids reading the dataset (DELETE -> 409)
     blob:{sha}:datasets           set of "{t}/{id}" dataset records holding blob {sha}
     blobs:graphs                  zset derived blob sha -> unix time its last reference expires
-                                  (graphs, and the block files of sharded jobs)
+                                  (graphs, report-page maps, and the block files of
+                                  sharded jobs)
     lock:blob:{sha}               lock held while a blob file is created or removed
     t:{t}:job:{id}                hash, the job record; TTL JOB_TTL_S
     t:{t}:job:{id}:run:{attempt}  hash, one attempt at a sharded job (below); TTL JOB_TTL_S
@@ -17,6 +19,11 @@ Layout (all keys start with ``nnkgeo:``; ``{t}`` is a tenant name, restricted by
     t:{t}:result:{id}             hash {report, etag, graphs, created_at}; TTL RESULT_TTL_S
     t:{t}:cache:{cache_key}       string, result id; TTL RESULT_TTL_S
     t:{t}:idempotency:{sha(key)}  string {"body", "job"} JSON; TTL IDEMPOTENCY_TTL_S
+    t:{t}:stored_bytes            string, the sum of size_bytes over the tenant's dataset
+                                  records (its NNKGEO_TENANT_MAX_STORED_BYTES quota); no TTL
+    t:{t}:active_jobs             zset job id -> unix time admitted: the tenant's queued and
+                                  running jobs, kept only under NNKGEO_TENANT_MAX_ACTIVE_JOBS;
+                                  TTL JOB_TTL_S
     metrics:jobs_submitted        hash queue -> count, and "cache_hit" -> count
     metrics:jobs_finished         hash final status -> count
     metrics:job_duration:{status} hash bucket upper bound -> count, "sum", "count"
@@ -50,7 +57,9 @@ from enum import StrEnum
 from typing import Any, cast
 
 import redis
+from redis.backoff import NoBackoff
 from redis.lock import Lock
+from redis.retry import Retry
 
 from api_schemas import JobProgress, JobStatus, Problem
 from service.records import (
@@ -69,6 +78,7 @@ PREFIX = "nnkgeo:"
 JOB_DURATION_BUCKETS_S = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 FINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 IDEMPOTENCY_IN_FLIGHT_TTL_S = 60
+ACTIVE_JOB_ADMISSION_GRACE_S = 60
 
 _LIST_BATCH = 64
 
@@ -92,7 +102,8 @@ end
 return {'claimed', attempts}
 """
 
-# KEYS: job, finished counter, duration histogram, then the job's dataset pin sets.
+# KEYS: job, finished counter, duration histogram, the tenant's active jobs, then the
+#       job's dataset pin sets.
 # ARGV: status, finished_at, attempt ('' = any), allowed current statuses (comma list),
 #       error JSON ('' = none), result id ('' = none), duration bucket ('' = none),
 #       duration seconds, job id, progress stage.
@@ -117,7 +128,17 @@ if ARGV[7] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'sum', ARGV[8])
   redis.call('HINCRBY', KEYS[3], 'count', 1)
 end
-for i = 4, #KEYS do redis.call('SREM', KEYS[i], ARGV[9]) end
+redis.call('ZREM', KEYS[4], ARGV[9])
+for i = 5, #KEYS do redis.call('SREM', KEYS[i], ARGV[9]) end
+return 1
+"""
+
+# KEYS: the tenant's active jobs. ARGV: job id, most active jobs, unix time, TTL.
+# Returns 1 (admitted) or 0 (the tenant has that many queued or running jobs already).
+_ADMIT_ACTIVE_JOB = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
@@ -217,15 +238,52 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS: dataset record, its pin set, its blob's reference set. ARGV: reference member.
+# KEYS: dataset record, its blob's reference set, the tenant's stored bytes.
+# ARGV: record JSON, reference member, size in bytes, most stored bytes (0 = no limit).
+# Returns {1, record} (stored), {0, the record stored before} or {-1, bytes stored now}
+# (over the quota). A record the tenant has already costs nothing.
+_ADD_DATASET = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  return {0, existing}
+end
+local stored = tonumber(redis.call('GET', KEYS[3]) or '0')
+local limit = tonumber(ARGV[4])
+if limit > 0 and stored + tonumber(ARGV[3]) > limit then return {-1, stored} end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('INCRBY', KEYS[3], ARGV[3])
+return {1, ARGV[1]}
+"""
+
+# KEYS: dataset record, its pin set, its blob's reference set, the tenant's stored bytes.
+# ARGV: reference member.
 # Returns -1 (no such dataset), -2 (pinned by unfinished jobs) or the blob's remaining refs.
 _DELETE_DATASET = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local record = redis.call('GET', KEYS[1])
+if not record then return -1 end
 if redis.call('SCARD', KEYS[2]) > 0 then return -2 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
+-- Records stored before the counter existed were never counted: never go below zero.
+if redis.call('DECRBY', KEYS[4], cjson.decode(record)['size_bytes']) < 0 then
+  redis.call('SET', KEYS[4], 0)
+end
 return redis.call('SCARD', KEYS[3])
 """
+
+
+class StoredBytesQuotaError(Exception):
+    """Storing a dataset record would take its tenant past its stored-bytes quota."""
+
+    def __init__(self, *, stored_bytes: int, size_bytes: int, limit: int) -> None:
+        super().__init__(
+            f"{stored_bytes} bytes stored, {size_bytes} more would pass the limit of {limit}"
+        )
+        self.stored_bytes = stored_bytes
+        self.size_bytes = size_bytes
+        self.limit = limit
 
 
 class ClaimOutcome(StrEnum):
@@ -240,6 +298,15 @@ class Claim:
     outcome: ClaimOutcome
     attempt: int
     job: JobRecord | None
+
+
+@dataclass(frozen=True)
+class AttemptMemory:
+    """What one attempt of a job was estimated to need, and how its process died, if so."""
+
+    estimate_bytes: int | None
+    budget_bytes: int | None
+    died_of: str | None
 
 
 class WebhookState(StrEnum):
@@ -387,7 +454,9 @@ class Store:
         self._finish_job = client.register_script(_FINISH_JOB)
         self._request_cancel = client.register_script(_REQUEST_CANCEL)
         self._record_progress = client.register_script(_RECORD_PROGRESS)
+        self._add_dataset = client.register_script(_ADD_DATASET)
         self._delete_dataset = client.register_script(_DELETE_DATASET)
+        self._admit_active_job = client.register_script(_ADMIT_ACTIVE_JOB)
         self._start_run = client.register_script(_START_RUN)
         self._begin_block = client.register_script(_BEGIN_BLOCK)
         self._record_block = client.register_script(_RECORD_BLOCK)
@@ -398,12 +467,16 @@ class Store:
     def from_settings(
         cls, settings: Settings, *, on_job_finished: JobFinishedHook | None = None
     ) -> Store:
+        # A hung Redis (paused, swapping, partitioned) must cost a request one timeout,
+        # not minutes: redis-py's default retries timeouts three times with backoff.
+        # A connection error (Redis restarted, a pooled connection reset) fails at once,
+        # so it is retried once, immediately, on a fresh connection; a timeout is not.
         client = redis.Redis.from_url(
             settings.redis_url,
-            socket_connect_timeout=5,
-            socket_timeout=15,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
             health_check_interval=30,
-            retry_on_timeout=True,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         return cls(
             client,
@@ -448,8 +521,20 @@ class Store:
         return f"{PREFIX}t:{tenant}:job:{job_id}:run:{attempt}"
 
     @staticmethod
+    def _attempt_memory_key(tenant: str, job_id: str) -> str:
+        return f"{PREFIX}t:{tenant}:job:{job_id}:memory"
+
+    @staticmethod
     def _webhook_key(tenant: str, job_id: str) -> str:
         return f"{PREFIX}t:{tenant}:job:{job_id}:webhook"
+
+    @staticmethod
+    def _stored_bytes_key(tenant: str) -> str:
+        return f"{PREFIX}t:{tenant}:stored_bytes"
+
+    @staticmethod
+    def _active_jobs_key(tenant: str) -> str:
+        return f"{PREFIX}t:{tenant}:active_jobs"
 
     @staticmethod
     def _job_index_key(tenant: str) -> str:
@@ -481,25 +566,50 @@ class Store:
         raw = self._redis.get(self._dataset_key(tenant, dataset_id))
         return DatasetRecord.model_validate_json(raw) if raw is not None else None
 
-    def add_dataset(self, record: DatasetRecord) -> tuple[DatasetRecord, bool]:
-        """Store a dataset record unless the tenant has it already.
+    def add_dataset(
+        self, record: DatasetRecord, *, max_stored_bytes: int = 0
+    ) -> tuple[DatasetRecord, bool]:
+        """Store a dataset record unless the tenant has it already, and count its bytes.
 
         Returns the stored record and whether it is new. Call under
         `blob_lock(record.sha256)`, once the blob file is in place.
+
+        Raises
+        ------
+        StoredBytesQuotaError
+            When `max_stored_bytes` is set and a new record would take the tenant's
+            stored bytes past it (checked and counted in one step, so concurrent uploads
+            cannot both slip under it). A record the tenant already has costs nothing.
         """
-        key = self._dataset_key(record.tenant, record.id)
-        with self._redis.pipeline() as pipe:
-            pipe.set(key, record.model_dump_json(), nx=True)
-            pipe.sadd(self._blob_datasets_key(record.sha256), f"{record.tenant}/{record.id}")
-            pipe.get(key)
-            created, _, stored = pipe.execute()
-        return DatasetRecord.model_validate_json(stored), bool(created)
+        outcome, value = self._add_dataset(
+            keys=[
+                self._dataset_key(record.tenant, record.id),
+                self._blob_datasets_key(record.sha256),
+                self._stored_bytes_key(record.tenant),
+            ],
+            args=[
+                record.model_dump_json(),
+                f"{record.tenant}/{record.id}",
+                record.size_bytes,
+                max_stored_bytes,
+            ],
+        )
+        if int(outcome) < 0:
+            raise StoredBytesQuotaError(
+                stored_bytes=int(value), size_bytes=record.size_bytes, limit=max_stored_bytes
+            )
+        return DatasetRecord.model_validate_json(value), int(outcome) == 1
+
+    def stored_bytes(self, tenant: str) -> int:
+        """Bytes of the tenant's dataset records (their files' sizes, summed)."""
+        return int(self._redis.get(self._stored_bytes_key(tenant)) or 0)
 
     def delete_dataset(self, tenant: str, dataset_id: str, sha256: str) -> DatasetDeletion:
         keys = [
             self._dataset_key(tenant, dataset_id),
             self._dataset_pins_key(tenant, dataset_id),
             self._blob_datasets_key(sha256),
+            self._stored_bytes_key(tenant),
         ]
         remaining = int(self._delete_dataset(keys=keys, args=[f"{tenant}/{dataset_id}"]))
         if remaining == -1:
@@ -671,6 +781,7 @@ class Store:
             self._job_key(job.tenant, job.id),
             self._FINISHED_KEY,
             self._duration_key(status.value),
+            self._active_jobs_key(job.tenant),
             *(self._dataset_pins_key(job.tenant, d) for d in job.spec.dataset_ids()),
         ]
         args = [
@@ -689,6 +800,52 @@ class Store:
         if ended:
             self._announce_finished(job, status)
         return ended
+
+    def admit_active_job(self, tenant: str, job_id: str, *, limit: int) -> bool:
+        """Count a job about to be queued against the tenant's `limit` of active jobs.
+
+        False when the tenant has `limit` queued or running jobs already (0 = no limit,
+        nothing counted). The job leaves the count when it finishes (`finish_job`), or
+        with `release_active_job` when it is not queued after all.
+        """
+        if limit <= 0:
+            return True
+        key = self._active_jobs_key(tenant)
+        args = [job_id, limit, time.time(), self.job_ttl_s]
+        if self._admit_active_job(keys=[key], args=args):
+            return True
+        # Entries a finish never removed (a record that expired unfinished, a submission
+        # that died between admission and queueing) must not hold the quota forever.
+        if self._prune_active_jobs(tenant):
+            return bool(self._admit_active_job(keys=[key], args=args))
+        return False
+
+    def release_active_job(self, tenant: str, job_id: str) -> None:
+        self._redis.zrem(self._active_jobs_key(tenant), job_id)
+
+    def _prune_active_jobs(self, tenant: str) -> int:
+        """Drop counted jobs that finished, or whose record never appeared or expired.
+
+        Only entries admitted more than ACTIVE_JOB_ADMISSION_GRACE_S ago are looked at:
+        a younger one may belong to a submission that has not stored its record yet.
+        """
+        key = self._active_jobs_key(tenant)
+        horizon = time.time() - ACTIVE_JOB_ADMISSION_GRACE_S
+        candidates = [cast(str, _text(m)) for m in self._redis.zrangebyscore(key, "-inf", horizon)]
+        if not candidates:
+            return 0
+        with self._redis.pipeline() as pipe:
+            for job_id in candidates:
+                pipe.hget(self._job_key(tenant, job_id), "status")
+            statuses = [_text(status) for status in pipe.execute()]
+        stale = [
+            job_id
+            for job_id, status in zip(candidates, statuses, strict=True)
+            if status is None or JobStatus(status).finished
+        ]
+        if stale:
+            self._redis.zrem(key, *stale)
+        return len(stale)
 
     def _announce_finished(self, job: JobRecord, status: JobStatus) -> None:
         # Every final transition passes here (worker, cancel, cache hit, failed enqueue),
@@ -766,6 +923,39 @@ class Store:
             attempts=int(fields.get("attempts", "0")),
             cancel_requested=fields.get("cancel_requested") == "1",
             callback_url=fields.get("callback_url"),
+        )
+
+    # Attempts' memory -----------------------------------------------------------------
+
+    def record_attempt_memory(
+        self, tenant: str, job_id: str, *, attempt: int, estimate_bytes: int, budget_bytes: int
+    ) -> None:
+        """Note, before an attempt allocates, what it was estimated to need."""
+        key = self._attempt_memory_key(tenant, job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, mapping={f"estimate:{attempt}": estimate_bytes, "budget": budget_bytes})
+            pipe.expire(key, self.job_ttl_s)
+            pipe.execute()
+
+    def record_attempt_death(self, tenant: str, job_id: str, *, attempt: int, cause: str) -> None:
+        """Note how an attempt's process died (recorded by the worker's main process)."""
+        key = self._attempt_memory_key(tenant, job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, f"died:{attempt}", cause[:200])
+            pipe.expire(key, self.job_ttl_s)
+            pipe.execute()
+
+    def attempt_memory(self, tenant: str, job_id: str, *, attempt: int) -> AttemptMemory:
+        fields = {
+            _text(name): _text(value)
+            for name, value in self._redis.hgetall(self._attempt_memory_key(tenant, job_id)).items()
+        }
+        estimate = fields.get(f"estimate:{attempt}")
+        budget = fields.get("budget")
+        return AttemptMemory(
+            estimate_bytes=int(estimate) if estimate else None,
+            budget_bytes=int(budget) if budget else None,
+            died_of=fields.get(f"died:{attempt}"),
         )
 
     # Webhook deliveries ---------------------------------------------------------------
@@ -997,7 +1187,7 @@ class Store:
             pipe.expire(self._result_key(tenant, result_id), self.result_ttl_s)
             pipe.execute()
         self.register_graph_blobs(
-            sha for files in result.graphs.values() for sha in (files.directed, files.symmetric)
+            sha for files in result.graphs.values() for sha in files.sha256s()
         )
         return result
 

@@ -7,15 +7,19 @@ block numbers): inputs and results live in the blob store and Redis, never in th
 Three tasks: ``analyze_sets`` (every job starts there; a small job ends there too),
 ``solve_block`` (one row block of a sharded job) and ``assemble_job`` (the report of a
 sharded job, once all its blocks are recorded). See `workers.tasks`. And
-``deliver_webhook``, which POSTs a job's end to its callback_url (`workers.webhooks`).
+``deliver_webhook``, which POSTs a job's end to its callback_url (`workers.webhooks`), on
+a queue of its own (``NNKGEO_WEBHOOK_QUEUE``, ``webhooks``): serve it with a small worker,
+``celery -A workers.celery_app worker -Q webhooks --concurrency 4``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import resource
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 
 from api_schemas import AnalysisParams, JobStatus
 from service.records import JobRecord
@@ -40,6 +44,15 @@ def queue_for(params: AnalysisParams, settings: Settings) -> str:
     `auto` stays on the CPU queue so that a deployment without GPU workers still runs it.
     """
     return settings.gpu_queue if params.device == "cuda" else settings.cpu_queue
+
+
+def webhook_queue(settings: Settings) -> str:
+    """The queue of webhook deliveries: ``WEBHOOK_QUEUE``, or the CPU queue if empty.
+
+    A queue of its own by default: a receiver may take up to ``WEBHOOK_DEADLINE_S`` per
+    attempt, and that wait must occupy a webhook worker, never one that runs jobs.
+    """
+    return settings.webhook_queue or settings.cpu_queue
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -81,7 +94,11 @@ def create_celery_app(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.cpu_queue,
-        task_routes={ANALYZE_SETS_TASK: {"queue": settings.cpu_queue}},
+        task_routes={
+            ANALYZE_SETS_TASK: {"queue": settings.cpu_queue},
+            # Retries and any send that names no queue stay off the job queues too.
+            DELIVER_WEBHOOK_TASK: {"queue": webhook_queue(settings)},
+        },
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         worker_send_task_events=False,
         task_send_sent_event=False,
@@ -90,6 +107,44 @@ def create_celery_app(settings: Settings) -> Celery:
 
 
 app = create_celery_app(get_settings())
+
+
+# Address space a worker's pool process maps beyond its job's memory budget: what it has
+# mapped when it starts (torch, faiss, numpy), plus glibc's per-thread malloc arenas.
+_ADDRESS_SPACE_SLACK_BYTES = 1024**3
+
+
+@worker_process_init.connect
+def _limit_address_space(**_: object) -> None:
+    """Backstop of the memory budget in each pool process: past it an allocation fails
+    (MemoryError, or a RuntimeError from torch and faiss) instead of the kernel's OOM
+    killer taking the process, or the host, down."""
+    settings = get_settings()
+    with open("/proc/self/status") as status:
+        mapped = next(
+            (int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:")), 0
+        )
+    limit = mapped + settings.worker_memory_bytes + _ADDRESS_SPACE_SLACK_BYTES
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+@worker_init.connect
+def _warn_when_budgets_exceed_the_machine(sender: object = None, **_: object) -> None:
+    settings = get_settings()
+    concurrency = int(getattr(sender, "concurrency", None) or os.cpu_count() or 1)
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if settings.worker_memory_bytes * concurrency > 0.75 * machine:
+        logger.warning(
+            "NNKGEO_WORKER_MEMORY_BYTES x concurrency = %d x %d bytes exceeds 75%% of this "
+            "machine's %d bytes: jobs may be killed by the kernel before their budget "
+            "stops them; lower the budget or the concurrency",
+            settings.worker_memory_bytes,
+            concurrency,
+            machine,
+        )
 
 
 @worker_init.connect
@@ -150,10 +205,6 @@ def enqueue_assembly(celery: Celery, *, job_id: str, tenant: str, attempt: int, 
         ASSEMBLE_JOB_TASK, args=[job_id, tenant, attempt], queue=queue, task_id=task_id
     )
     return task_id
-
-
-def webhook_queue(settings: Settings) -> str:
-    return settings.webhook_queue or settings.cpu_queue
 
 
 def enqueue_webhook(celery: Celery, *, tenant: str, job_id: str, event_id: str, queue: str) -> None:

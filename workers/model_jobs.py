@@ -33,6 +33,7 @@ def build_model_job_sets(
     locate_blob: Callable[[str], Path],
     data_roots: Sequence[Path],
     sandbox: SandboxPolicy,
+    max_array_bytes: int,
     progress: ProgressCallback | None = None,
 ) -> list[EmbeddingSet]:
     """Load the data, then embed it with the model (embed) or train and embed (study).
@@ -48,6 +49,8 @@ def build_model_job_sets(
     sandbox : SandboxPolicy
         How an uploaded model (TorchScript, torch.export, ONNX) is run: never in this
         process, always in a confined child under these limits.
+    max_array_bytes : int
+        Largest decompressed array an uploaded dataset may hold (NNKGEO_MAX_ARRAY_BYTES).
     progress : callable, optional
         ``progress(stage, fraction)``: ``"load"``, then ``"embed"`` (embed) or
         ``"train:<model>"`` and ``"embed:<model>"`` (study); may raise to cancel.
@@ -81,6 +84,7 @@ def build_model_job_sets(
                 locate_upload=locate_upload,
                 data_roots=data_roots,
                 field="embed.dataset",
+                max_array_bytes=max_array_bytes,
             )
             model = load_model(
                 spec.embed.model,
@@ -104,6 +108,7 @@ def build_model_job_sets(
             locate_upload=locate_upload,
             data_roots=data_roots,
             field="study.dataset",
+            max_array_bytes=max_array_bytes,
         )
         return run_study(
             spec.study,

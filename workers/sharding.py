@@ -7,8 +7,10 @@ the whole set (memory-mapped) but solves only its rows. Blocks start at multiple
 bit-identical to the graph of a single task.
 
 Block size comes from N, d and k: at most ``shard_rows`` rows, fewer when the block's
-estimated memory would exceed ``block_memory_bytes``. A set below ``shard_min_points``
-is one block, and a job whose sets are all one block runs as a single task.
+estimated memory (:mod:`workers.geometry.memory`) would exceed the job's memory budget
+(``worker_memory_bytes``); each block task then chooses its solve blocks within it. A
+set below ``shard_min_points`` is one block, and a job whose sets are all one block runs
+as a single task.
 
 The files: one uncompressed ``.npz`` per solved block (the arrays of
 :class:`~workers.geometry.analysis.NNKGraph` and the block's device warning), and one per
@@ -27,19 +29,13 @@ from typing import BinaryIO
 import numpy as np
 
 from service.settings import Settings
-from workers.geometry.analysis import SHARD_ALIGNMENT, NNKGraph
+from workers.geometry.analysis import NNKGraph
 from workers.geometry.candidates import ApproximateIndex
+from workers.geometry.memory import SHARD_ALIGNMENT, estimate_set_memory
 
 RowBlock = tuple[int, int]
 """Rows [start, stop) of a set."""
 
-# Per point, held once by every block task whatever its rows: the float32 search copy,
-# faiss's flat index of it, and the float64 vectors the kernels read.
-_BYTES_PER_SHARED_VALUE = 4 + 4 + 8
-# Per solved row and candidate: index (int64), score (float32), weight and query kernel
-# (float64), validity (bool).
-_BYTES_PER_CANDIDATE = 8 + 4 + 8 + 8 + 1
-_BYTES_PER_ROW = 8  # reconstruction error
 # A last block this much smaller than the others joins the one before: each block pays
 # for reading and indexing all N points, which a sliver of rows does not repay.
 _SMALLEST_LAST_BLOCK_SHARE = 0.25
@@ -58,14 +54,14 @@ class ShardingLimits:
         return cls(
             min_points=settings.shard_min_points,
             max_rows=settings.shard_rows,
-            memory_bytes=settings.block_memory_bytes,
+            memory_bytes=settings.memory_planning_budget_bytes,
         )
 
 
 def block_footprint_bytes(n_points: int, dim: int, k: int, rows: int) -> int:
-    """Estimated peak memory of a task solving `rows` rows of an (n_points, dim) set."""
-    shared = n_points * dim * _BYTES_PER_SHARED_VALUE
-    return shared + rows * (k * _BYTES_PER_CANDIDATE + _BYTES_PER_ROW)
+    """Estimated peak memory of a task solving ``rows`` rows of an (n_points, dim) set, in
+    its smallest solve blocks (:func:`workers.geometry.memory.estimate_set_memory`)."""
+    return estimate_set_memory(n_points, dim, k, rows=rows, solve_block=1, threads=1).total
 
 
 def _align_down(rows: int) -> int:

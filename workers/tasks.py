@@ -36,21 +36,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 from api_schemas import JobStatus, Problem, Report
 from api_schemas.problems import FieldError
+from nnkgeo.report_map import compute_embedding_map, write_embedding_map
 from service.blobs import BlobStore
 from service.problems import job_problem
 from service.records import (
@@ -72,7 +75,7 @@ from service.store import (
     ProgressVerdict,
     Store,
 )
-from workers.arrayfiles import load_array
+from workers.arrayfiles import ArrayTooLargeError, load_array
 from workers.celery_app import (
     ANALYZE_SETS_TASK,
     ASSEMBLE_JOB_TASK,
@@ -100,6 +103,7 @@ from workers.geometry.analysis import (
     measure_set,
     resolve_device,
 )
+from workers.geometry.memory import estimate_set_memory, is_allocation_failure, plan_solve
 from workers.geometry.report import comparison
 from workers.model_jobs import build_model_job_sets
 from workers.models import PathNotAllowedError
@@ -137,6 +141,12 @@ class WorkerRuntime:
     def threads(self) -> int | None:
         """CPU threads one task may use; None = one per core."""
         return self.settings.worker_threads or None
+
+    @property
+    def planning_budget_bytes(self) -> int:
+        """The memory budget blocks are planned against: NNKGEO_WORKER_MEMORY_BYTES, less
+        by NNKGEO_MEMORY_ESTIMATE_SCALE when the estimates run low on this platform."""
+        return self.settings.memory_planning_budget_bytes
 
 
 _runtime: WorkerRuntime | None = None
@@ -233,18 +243,43 @@ def _raise_unless_carrying_on(verdict: ProgressVerdict, job_id: str) -> None:
 # Inputs and outputs ---------------------------------------------------------------------
 
 
-def _load_set(blobs: BlobStore, set_input: SetInput) -> EmbeddingSet:
+def _load_set(blobs: BlobStore, set_input: SetInput, *, max_array_bytes: int) -> EmbeddingSet:
+    """Read a set's arrays from the blob store, none past ``max_array_bytes`` decompressed.
+
+    The limit (NNKGEO_MAX_ARRAY_BYTES) is enforced again here although uploads were checked
+    against it, since the operator may have lowered it since. A refusal names the set's
+    array, and fails the job with a 422.
+    """
+    limit = max_array_bytes
+
     def load(which: str) -> Any:
         array_input = getattr(set_input, which)
         if array_input is None:
             return None
+        field = f"sets[{set_input.name}].{which}"
         path = blobs.path_of(array_input.sha256)
         if not path.is_file():
             raise InvalidInputError(
-                f"sets[{set_input.name}].{which}",
+                field,
                 f"dataset {array_input.dataset} was deleted before the job ran; upload it again",
             )
-        return load_array(path, fmt=array_input.format, name=array_input.array, mmap=True)
+        try:
+            return load_array(
+                path,
+                fmt=array_input.format,
+                name=array_input.array,
+                mmap=True,
+                max_array_bytes=limit,
+            )
+        except ArrayTooLargeError as error:
+            raise InvalidInputError(
+                field,
+                f"dataset {array_input.dataset}: {error.message} (NNKGEO_MAX_ARRAY_BYTES)",
+            ) from None
+        except InvalidInputError as error:
+            raise InvalidInputError(
+                field, f"dataset {array_input.dataset}: {error.message}"
+            ) from None
 
     return EmbeddingSet(
         name=set_input.name,
@@ -287,15 +322,70 @@ def _store_graphs(runtime: WorkerRuntime, analysis: Analysis) -> dict[str, Graph
     }
 
 
+def _store_maps(
+    runtime: WorkerRuntime,
+    job: JobRecord,
+    analysis: Analysis,
+    sets: Sequence[EmbeddingSet | SetInput],
+) -> dict[str, str]:
+    """Compute each set's report-page map once, here where its embeddings are; store it.
+
+    Returns set name -> blob sha256. The API draws the page from these small blobs and
+    never reads embeddings (those of an embed or study job exist only in this process).
+    A ``SetInput`` is loaded memory-mapped, one set at a time: only its sampled rows are
+    read. A set whose map cannot be made is logged and left without one: the page then
+    says so, and the job's numbers stand.
+    """
+    reports = {set_report.name: set_report for set_report in analysis.report.sets}
+    maps: dict[str, str] = {}
+    for item in sets:
+        set_report = reports.get(item.name)
+        if set_report is None:
+            continue
+        try:
+            embedding_set = (
+                item
+                if isinstance(item, EmbeddingSet)
+                else _load_set(
+                    runtime.blobs, item, max_array_bytes=runtime.settings.array_limit_bytes
+                )
+            )
+            embedding_map = compute_embedding_map(
+                embedding_set.embeddings,
+                embedding_set.labels,
+                suspects=[suspect.index for suspect in set_report.suspects],
+            )
+        except (InvalidInputError, OSError, ValueError, np.linalg.LinAlgError) as error:
+            logger.warning("job %s: set %s gets no 2-D map: %s", job.id, item.name, error)
+            continue
+        maps[item.name] = _put_blob(
+            runtime,
+            lambda file, embedding_map=embedding_map: write_embedding_map(file, embedding_map),
+            prefix="map-",
+        )
+    return maps
+
+
 def _store_result(
-    runtime: WorkerRuntime, job: JobRecord, analysis: Analysis, *, only_if_absent: bool = False
+    runtime: WorkerRuntime,
+    job: JobRecord,
+    analysis: Analysis,
+    *,
+    sets: Sequence[EmbeddingSet | SetInput],
+    only_if_absent: bool = False,
 ) -> ResultRecord:
     report_json = analysis.report.model_dump_json()
+    maps = _store_maps(runtime, job, analysis, sets)
+    # The maps are registered like the graphs, so they expire and are swept with them.
+    graphs = {
+        name: files.model_copy(update={"map": maps.get(name)})
+        for name, files in _store_graphs(runtime, analysis).items()
+    }
     result = ResultRecord(
         id=job.id,
         report_json=report_json,
         etag=f'"{hashlib.sha256(report_json.encode()).hexdigest()[:32]}"',
-        graphs=_store_graphs(runtime, analysis),
+        graphs=graphs,
         created_at=utc_now(),
     )
     runtime.store.put_result(job.tenant, result, only_if_absent=only_if_absent)
@@ -431,9 +521,27 @@ def ending_job_on_error(
                 "knn='approximate', or smaller blocks (NNKGEO_SHARD_ROWS).",
             ),
         )
-    except Exception:
-        logger.exception("job %s of %s failed", job_id, job.tenant)
+    except Exception as error:
         ending.status = JobStatus.failed
+        if is_allocation_failure(error):
+            # torch and faiss report a failed allocation as a RuntimeError.
+            logger.error("job %s of %s ran out of memory: %s", job_id, job.tenant, error)
+            end_job(
+                runtime,
+                job,
+                JobStatus.failed,
+                attempt=attempt,
+                error=_memory_problem(
+                    runtime,
+                    job_id,
+                    what="an allocation failed",
+                    estimate_bytes=runtime.store.attempt_memory(
+                        job.tenant, job_id, attempt=attempt
+                    ).estimate_bytes,
+                ),
+            )
+            return
+        logger.exception("job %s of %s failed", job_id, job.tenant)
         end_job(
             runtime,
             job,
@@ -455,9 +563,21 @@ def _succeed(
     analysis: Analysis,
     *,
     attempt: int,
+    sets: Sequence[EmbeddingSet] | None = None,
     only_if_absent: bool = False,
 ) -> None:
-    result = _store_result(runtime, job, analysis, only_if_absent=only_if_absent)
+    """Store the result (report, graphs, maps), remember it for the cache, end the job.
+
+    ``sets`` are the analysed sets when they are at hand; without them a ``sets`` job's
+    inputs are read again for the maps (a sharded job's assembly).
+    """
+    result = _store_result(
+        runtime,
+        job,
+        analysis,
+        sets=job.spec.sets if sets is None else sets,
+        only_if_absent=only_if_absent,
+    )
     if job.spec.cacheable:
         runtime.store.remember_result(job.tenant, job.cache_key, result.id)
     end_job(runtime, job, JobStatus.succeeded, attempt=attempt, result_id=result.id)
@@ -489,6 +609,30 @@ def _claim(runtime: WorkerRuntime, job_id: str, tenant: str) -> tuple[JobRecord,
             error=_worker_lost_problem(job_id, claim.attempt, "this job"),
         )
         return None
+    if claim.attempt > 1:
+        previous = store.attempt_memory(tenant, job_id, attempt=claim.attempt - 1)
+        if previous.died_of is not None:
+            logger.error(
+                "job %s of %s: attempt %d died (%s); failing it as out of memory",
+                job_id,
+                tenant,
+                claim.attempt - 1,
+                previous.died_of,
+            )
+            store.finish_job(
+                job,
+                status=JobStatus.failed,
+                now=utc_now(),
+                attempt=claim.attempt,
+                error=_memory_problem(
+                    runtime,
+                    job_id,
+                    what=f"the process of its attempt {claim.attempt - 1} died of "
+                    f"{previous.died_of}",
+                    estimate_bytes=previous.estimate_bytes,
+                ),
+            )
+            return None
     logger.info("job %s of %s: attempt %d", job_id, tenant, claim.attempt)
     return job, claim.attempt
 
@@ -572,24 +716,89 @@ def run_job(job_id: str, tenant: str) -> None:
             if job.spec.kind != "sets":
                 _run_model_job(runtime, job, attempt=attempt)
                 return
-            sets = [_load_set(runtime.blobs, set_input) for set_input in job.spec.sets]
+            sets = [
+                _load_set(
+                    runtime.blobs, set_input, max_array_bytes=runtime.settings.array_limit_bytes
+                )
+                for set_input in job.spec.sets
+            ]
             set_blocks = _plan(runtime, sets, job)
             if needs_sharding([s.blocks for s in set_blocks]):
                 _fan_out(runtime, job, sets, set_blocks, attempt=attempt)
                 return
+            _record_estimate(runtime, job, sets, attempt=attempt)
             analysis = analyze(
                 sets,
                 params=job.spec.params,
                 job_id=job_id,
                 progress=JobProgressReporter(runtime.store, job, attempt=attempt),
                 n_threads=runtime.threads,
+                memory_budget_bytes=runtime.planning_budget_bytes,
             )
-            _succeed(runtime, job, analysis, attempt=attempt)
+            _succeed(runtime, job, analysis, attempt=attempt, sets=sets)
     finally:
         try:
             sweep_expired_graphs(runtime.store, runtime.blobs)
         except Exception:
             logger.exception("sweeping expired graphs failed")
+
+
+def _record_estimate(
+    runtime: WorkerRuntime, job: JobRecord, sets: list[EmbeddingSet], *, attempt: int
+) -> None:
+    """Note the attempt's memory estimate (its largest set) before it allocates anything.
+
+    Should its process die, the next delivery reads this and the cause of death
+    (:class:`JobRequest`) and ends the job saying memory, instead of trying again.
+    """
+    params = job.spec.params
+    estimate = max(
+        estimate_set_memory(
+            int(s.embeddings.shape[0]),
+            int(s.embeddings.shape[1]) if s.embeddings.ndim == 2 else 1,
+            params.k,
+            n_classes=0 if s.labels is None else int(s.embeddings.shape[0]),
+            threads=runtime.threads or os.cpu_count() or 1,
+            approximate=params.knn == "approximate",
+            solve_block=plan_solve(
+                int(s.embeddings.shape[0]),
+                int(s.embeddings.shape[1]) if s.embeddings.ndim == 2 else 1,
+                params.k,
+                budget_bytes=runtime.planning_budget_bytes,
+                threads=runtime.threads or os.cpu_count() or 1,
+                approximate=params.knn == "approximate",
+            )[0],
+        ).total
+        for s in sets
+    )
+    runtime.store.record_attempt_memory(
+        job.tenant,
+        job.id,
+        attempt=attempt,
+        estimate_bytes=estimate,
+        budget_bytes=runtime.settings.worker_memory_bytes,
+    )
+
+
+def _memory_problem(
+    runtime: WorkerRuntime, job_id: str, *, what: str, estimate_bytes: int | None
+) -> Problem:
+    budget = runtime.settings.worker_memory_bytes
+    estimated = (
+        f"; it was estimated to need {estimate_bytes / 2**20:.0f} MiB"
+        if estimate_bytes is not None
+        else ""
+    )
+    return job_problem(
+        job_id,
+        status=422,
+        title="Out of memory",
+        slug="memory",
+        detail=f"The job ran out of memory: {what}{estimated}, within the budget of "
+        f"{budget / 2**20:.0f} MiB (NNKGEO_WORKER_MEMORY_BYTES). Use fewer points, fewer "
+        "dimensions or a smaller k; an operator can raise the budget or, if estimates run "
+        "low on this platform, NNKGEO_MEMORY_ESTIMATE_SCALE.",
+    )
 
 
 def _progress_share(progress: ProgressCallback, start: float, share: float) -> ProgressCallback:
@@ -633,6 +842,7 @@ def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> N
         locate_blob=runtime.blobs.path_of,
         data_roots=runtime.settings.data_root_paths,
         sandbox=model_sandbox_policy(runtime),
+        max_array_bytes=runtime.settings.array_limit_bytes,
         progress=_progress_share(progress, 0.0, MODEL_PROGRESS_SHARE),
     )
     analysis = analyze(
@@ -641,8 +851,9 @@ def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> N
         job_id=job.id,
         progress=_progress_share(progress, MODEL_PROGRESS_SHARE, 1 - MODEL_PROGRESS_SHARE),
         n_threads=runtime.threads,
+        memory_budget_bytes=runtime.planning_budget_bytes,
     )
-    _succeed(runtime, job, analysis, attempt=attempt)
+    _succeed(runtime, job, analysis, attempt=attempt, sets=sets)
 
 
 # solve_block: one row block of a sharded job --------------------------------------------
@@ -687,7 +898,11 @@ def run_block(
 
     with ending_job_on_error(runtime, job, attempt=attempt) as ending:
         set_blocks = run.plan.sets[set_index]
-        embedding_set = _load_set(runtime.blobs, job.spec.sets[set_index])
+        embedding_set = _load_set(
+            runtime.blobs,
+            job.spec.sets[set_index],
+            max_array_bytes=runtime.settings.array_limit_bytes,
+        )
         index = (
             read_approximate_index(runtime.blobs.path_of(set_blocks.approximate_index))
             if set_blocks.approximate_index
@@ -700,6 +915,7 @@ def run_block(
             device=device,
             progress=CancelCheck(store, job, attempt=attempt),
             n_threads=runtime.threads,
+            memory_budget_bytes=runtime.planning_budget_bytes,
             rows=set_blocks.blocks[block_index],
             index=index,
         )
@@ -796,7 +1012,9 @@ def run_assembly(job_id: str, tenant: str, attempt: int) -> str:
                 # As in `analyze`: empty classes and the like give harmless NaN warnings.
                 warnings.simplefilter("ignore", category=RuntimeWarning)
                 results[set_input.name] = measure_set(
-                    _load_set(runtime.blobs, set_input),
+                    _load_set(
+                        runtime.blobs, set_input, max_array_bytes=runtime.settings.array_limit_bytes
+                    ),
                     NNKGraph.concatenate([block.nnk for block in blocks]),
                     params=params,
                     progress=set_progress,
@@ -825,7 +1043,36 @@ def run_assembly(job_id: str, tenant: str, attempt: int) -> str:
 # Celery wiring --------------------------------------------------------------------------
 
 
+# Signals that end a process whose allocation failed under its address-space limit:
+# C++ code (torch, faiss) aborts on std::bad_alloc, or touches memory it never got.
+# SIGKILL is left out: it is also how an operator, or a lost node, stops a worker.
+_MEMORY_DEATHS = re.compile(r"signal \d+ \((SIGABRT|SIGSEGV|SIGBUS)\)")
+
+
 class JobRequest(Request):
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        # Runs in the worker's main process, which outlives the pool child that died.
+        exception = getattr(exc_info, "exception", None)
+        death = (
+            _MEMORY_DEATHS.search(str(exception))
+            if isinstance(exception, WorkerLostError)
+            else None
+        )
+        if death is not None and self.name == ANALYZE_SETS_TASK:
+            job_id, tenant = self.args[:2]
+            try:
+                runtime = worker_runtime()
+                job = runtime.store.get_job(tenant, job_id)
+                if job is not None:
+                    runtime.store.record_attempt_death(
+                        tenant, job_id, attempt=job.attempts, cause=death.group(1)
+                    )
+            except Exception:
+                logger.exception("job %s: recording how its process died failed", job_id)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
         # Runs in the worker's main process. At the hard limit the pool kills the child,
         # which can no longer record anything: mark the job failed here, or its record

@@ -97,6 +97,7 @@ def test_every_command_names_an_app_that_exists(compose, dockerfile) -> None:
     queues = {
         Settings.model_fields["cpu_queue"].default,
         Settings.model_fields["gpu_queue"].default,
+        Settings.model_fields["webhook_queue"].default,
     }
     for argv in _commands(compose, dockerfile):
         program = Path(argv[0]).name

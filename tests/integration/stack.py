@@ -1,5 +1,9 @@
 """A real nnkgeo deployment in subprocesses: Redis, one Celery worker, one uvicorn API.
 
+The worker serves the job queues and the webhook queue; a stack that needs webhook
+deliveries apart from jobs, as compose runs them, serves the job queues only
+(``worker_queues``) and starts a webhooks worker too (`ServiceStack.start_webhook_worker`).
+
 Used by the integration and contract test sessions; nothing is mocked. Each process
 logs to a file in the stack's directory, printed when a test needs it.
 """
@@ -23,6 +27,7 @@ from typing import Any
 
 import httpx
 import redis
+from celery import Celery
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FALLBACK_REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -97,6 +102,8 @@ class ServiceStack:
     redis_process: Managed | None = None
     worker: Managed | None = None
     api: Managed | None = None
+    worker_queues: str = "cpu,gpu,webhooks"
+    webhook_worker: Managed | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -171,10 +178,11 @@ class ServiceStack:
         client = redis.Redis.from_url(self.redis_url)
         wait_until(client.ping, timeout_s=15, what="redis-server")
 
-    def start_worker(self, **env_overrides: str) -> str:
-        node_name = f"nnkgeo-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.worker = self._spawn(
-            "worker",
+    def _spawn_worker(
+        self, name: str, node_name: str, *, queues: str, concurrency: int, **env_overrides: str
+    ) -> Managed:
+        return self._spawn(
+            name,
             [
                 sys.executable,
                 "-m",
@@ -185,9 +193,9 @@ class ServiceStack:
                 "--pool",
                 "prefork",
                 "--concurrency",
-                "1",
+                str(concurrency),
                 "--queues",
-                "cpu,gpu",
+                queues,
                 "--hostname",
                 node_name,
                 "--without-gossip",
@@ -198,6 +206,36 @@ class ServiceStack:
             address_space_bytes=WORKER_ADDRESS_SPACE_BYTES,
             **env_overrides,
         )
+
+    def start_worker(self, **env_overrides: str) -> str:
+        node_name = f"nnkgeo-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.worker = self._spawn_worker(
+            "worker", node_name, queues=self.worker_queues, concurrency=1, **env_overrides
+        )
+        return node_name
+
+    def start_webhook_worker(self, *, concurrency: int = 2, timeout_s: float = 60) -> str:
+        """A worker of the webhook queue alone, as compose's ``webhooks`` service; ready.
+
+        Readiness is its own answer to a ping: /readyz names one worker only.
+        """
+        node_name = f"nnkgeo-webhooks-{uuid.uuid4().hex[:8]}@localhost"
+        self.webhook_worker = self._spawn_worker(
+            "webhooks", node_name, queues="webhooks", concurrency=concurrency
+        )
+        worker, control = self.webhook_worker, Celery(broker=self.redis_url)
+
+        def answers() -> bool:
+            return worker.process.poll() is not None or bool(
+                control.control.ping(destination=[node_name], timeout=0.5)
+            )
+
+        try:
+            wait_until(answers, timeout_s=timeout_s, interval_s=0.3, what="the webhooks worker")
+        finally:
+            control.close()
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"webhooks worker exited:\n{worker.log_tail()}")
         return node_name
 
     def start_api(self) -> None:
@@ -210,6 +248,8 @@ class ServiceStack:
                 "-m",
                 "uvicorn",
                 "service.main:app",
+                "--http",
+                "service.http_protocol:BoundedHttpToolsProtocol",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -257,7 +297,7 @@ class ServiceStack:
         return node
 
     def stop(self) -> None:
-        for process in (self.api, self.worker, self.redis_process):
+        for process in (self.api, self.worker, self.webhook_worker, self.redis_process):
             if process is not None:
                 process.stop()
 

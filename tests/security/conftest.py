@@ -18,11 +18,15 @@ from sklearn.datasets import load_digits
 from tests.integration.helpers import upload
 from tests.integration.stack import ServiceStack
 
-MODEL_MEMORY_BYTES = 1024**3
+# The job memory budget: big enough for the digits jobs, too small for k = 1,024 on
+# 1,100 points (about 630 MiB in its smallest blocks), which is then refused at submission.
+MODEL_MEMORY_BYTES = 512 * 1024**2
 MODEL_CPU_SECONDS = 6
 SOFT_TIME_LIMIT_S = 60
 SECURITY_SETTINGS = {
     "NNKGEO_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024),
+    # Below the upload limit, so that a test can tell which of the two refused a file.
+    "NNKGEO_MAX_ARRAY_BYTES": str(4 * 1024 * 1024),
     "NNKGEO_WORKER_MEMORY_BYTES": str(MODEL_MEMORY_BYTES),
     "NNKGEO_MODEL_CPU_SECONDS": str(MODEL_CPU_SECONDS),
     "NNKGEO_WORKER_THREADS": "1",

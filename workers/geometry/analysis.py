@@ -39,6 +39,7 @@ from workers.geometry.candidates import (
 from workers.geometry.graph import directed_graph, symmetric_graph
 from workers.geometry.intrinsic_dimension import estimate_intrinsic_dimension
 from workers.geometry.kernels import candidate_kernels, kernel_vectors
+from workers.geometry.memory import MAX_SOLVE_BLOCK, SHARD_ALIGNMENT, plan_solve
 from workers.geometry.report import comparison
 from workers.geometry.solver import IDENTICAL_TOLERANCE, nnk_weights
 from workers.geometry.validation import check_embedding_values, check_set_shapes
@@ -47,18 +48,15 @@ from workers.geometry.version import ALGORITHM_VERSION
 ProgressCallback = Callable[[str, float], None]
 """Called as ``progress(stage, fraction)``; may raise AnalysisCanceled to stop the run."""
 
-_SOLVE_BLOCK = 2048
 # A GPU wants big batches; its memory holds 32k (k x k) float64 systems with ease.
 _GPU_SOLVE_BLOCK = 32_768
-# Shards that start at multiples of this give results bit-identical to an unsharded run
-# (the same faiss query blocks and solve blocks).
-SHARD_ALIGNMENT = 4096
 # Rough share of a set's run time per stage (exact kNN dominates on a CPU), so that
 # progress fractions advance evenly.
 _STAGE_SHARE = {"knn": (0.0, 0.5), "solve": (0.5, 0.35), "metrics": (0.85, 0.15)}
 
 __all__ = [
     "ALGORITHM_VERSION",
+    "SHARD_ALIGNMENT",
     "Analysis",
     "EmbeddingSet",
     "ProgressCallback",
@@ -196,6 +194,7 @@ def build_nnk_graph(
     n_threads: int | None = None,
     rows: tuple[int, int] | None = None,
     index: ApproximateIndex | None = None,
+    memory_budget_bytes: int | None = None,
 ) -> NNKGraph:
     """Candidates, kernels and the NNK solve for the points of one set.
 
@@ -214,10 +213,32 @@ def build_nnk_graph(
         :data:`SHARD_ALIGNMENT` give bit-identical results to an unsharded run.
     index : ApproximateIndex, optional
         For ``knn="approximate"``: a prebuilt index (shared by shards).
+    memory_budget_bytes : int, optional
+        On the CPU, solve blocks (and, as a last resort, fewer threads) are chosen so that
+        the whole task fits this (:func:`workers.geometry.memory.plan_solve`); blocks
+        are powers of two, so results do not depend on it. Default: blocks of
+        :data:`~workers.geometry.memory.MAX_SOLVE_BLOCK` rows.
+
+    Raises
+    ------
+    MemoryBudgetError
+        When even one row on one thread does not fit ``memory_budget_bytes``.
     """
     report = progress or (lambda stage, fraction: None)
-    metric = metric_of(params)
     first, last = rows or (0, embeddings.shape[0])
+    workers = 1 if device == "cuda" else (n_threads or os.cpu_count() or 1)
+    block = _GPU_SOLVE_BLOCK if device == "cuda" else MAX_SOLVE_BLOCK
+    if memory_budget_bytes is not None and device != "cuda":
+        block, workers = plan_solve(
+            embeddings.shape[0],
+            embeddings.shape[1],
+            params.k,
+            budget_bytes=memory_budget_bytes,
+            threads=workers,
+            rows=last - first,
+            approximate=params.knn == "approximate",
+        )
+    metric = metric_of(params)
     started = time.perf_counter()
     report("knn", 0.0)
     candidates = find_candidates(
@@ -240,7 +261,6 @@ def build_nnk_graph(
     weights = np.empty((n_rows, k))
     query_kernel = np.empty((n_rows, k))
     reconstruction_error = np.empty(n_rows)
-    block = _GPU_SOLVE_BLOCK if device == "cuda" else _SOLVE_BLOCK
 
     def solve_block(start: int) -> int:
         stop = min(start + block, n_rows)
@@ -259,7 +279,6 @@ def build_nnk_graph(
         return stop - start
 
     report("solve", 0.0)
-    workers = 1 if device == "cuda" else (n_threads or os.cpu_count() or 1)
     done = 0
     with _single_threaded_torch(), ThreadPoolExecutor(max_workers=workers) as pool:
         pending = [pool.submit(solve_block, start) for start in range(0, n_rows, block)]
@@ -304,6 +323,7 @@ def analyze_set(
     params: AnalysisParams,
     progress: ProgressCallback | None = None,
     n_threads: int | None = None,
+    memory_budget_bytes: int | None = None,
 ) -> SetAnalysis:
     """Build the NNK graph of one set and measure it (DESIGN sections 1 and 2).
 
@@ -316,6 +336,8 @@ def analyze_set(
         ``progress(stage, fraction)`` with stages "knn", "solve", "metrics".
     n_threads : int, optional
         CPU threads for the solve; default one per core.
+    memory_budget_bytes : int, optional
+        Blocks are chosen to fit it (see :func:`build_nnk_graph`).
 
     Returns
     -------
@@ -326,7 +348,12 @@ def analyze_set(
     device, device_warning = resolve_device(params.device)
     embeddings = np.ascontiguousarray(embedding_set.embeddings, dtype=np.float32)
     nnk = build_nnk_graph(
-        embeddings, params=params, device=device, progress=progress, n_threads=n_threads
+        embeddings,
+        params=params,
+        device=device,
+        progress=progress,
+        n_threads=n_threads,
+        memory_budget_bytes=memory_budget_bytes,
     )
     return measure_set(
         embedding_set,
@@ -381,7 +408,7 @@ def measure_set(
     per_class: list = []
     suspects: list = []
     n_classes = None
-    degree_codes = degree_classes = None
+    degree_codes = degree_classes = shown_classes = None
     if embedding_set.labels is not None:
         classes, codes = metrics.encode_labels(embedding_set.labels)
         n_classes = int(classes.size)
@@ -399,7 +426,13 @@ def measure_set(
             cross_class_edge_fraction=metrics.cross_class_edge_fraction(symmetric, codes)
         )
         verdict = metrics.regime(loo)
-        per_class = metrics.per_class_metrics(points, classes)
+        shown_classes = metrics.reported_classes(codes, n_classes)
+        if shown_classes.size < n_classes:
+            set_warnings.append(
+                f"per_class and nnk_degree.per_class list the {shown_classes.size} largest of "
+                f"{n_classes} classes"
+            )
+        per_class = metrics.per_class_metrics(points, classes, shown=shown_classes)
         suspects = metrics.suspects(points, classes, top=params.suspects_top, ids=embedding_set.ids)
         degree_codes, degree_classes = codes, classes
     isolated = int((degree == 0).sum())
@@ -421,7 +454,9 @@ def measure_set(
             knn_recall=nnk.knn_recall,
             knn_recall_sample=nnk.knn_recall_sample,
         ),
-        nnk_degree=metrics.degree_stats(degree, codes=degree_codes, classes=degree_classes),
+        nnk_degree=metrics.degree_stats(
+            degree, codes=degree_codes, classes=degree_classes, shown=shown_classes
+        ),
         loo_error=loo,
         homogeneity=homogeneity,
         reconstruction_error=metrics.quantile_stats(nnk.reconstruction_error),
@@ -449,6 +484,7 @@ def analyze(
     job_id: str | None = None,
     progress: ProgressCallback | None = None,
     n_threads: int | None = None,
+    memory_budget_bytes: int | None = None,
 ) -> Analysis:
     """Analyse several sets with the same parameters and compare them, in the order given.
 
@@ -473,7 +509,11 @@ def analyze(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)
             results[embedding_set.name] = analyze_set(
-                embedding_set, params=params, progress=set_progress, n_threads=n_threads
+                embedding_set,
+                params=params,
+                progress=set_progress,
+                n_threads=n_threads,
+                memory_budget_bytes=memory_budget_bytes,
             )
     set_reports = [result.report for result in results.values()]
     report = Report(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.geometry.candidates import neighbours_of
+from workers.geometry.memory import DISTANCE_BLOCK_BYTES
 
 MLE_NEIGHBOURS = 20
 
@@ -50,6 +51,29 @@ def mle_from_distances(nearest: np.ndarray, k: int = MLE_NEIGHBOURS) -> float | 
     return float(1.0 / mean_inverse) if mean_inverse > 0 else None
 
 
+def _exact_distances(
+    vectors: np.ndarray, queries: np.ndarray, neighbours: np.ndarray
+) -> np.ndarray:
+    """Distances from each query to its neighbours, in float64 from the vectors.
+
+    faiss's float32 expansion |a|^2 - 2ab + |b|^2 loses the small r1 of close pairs to
+    cancellation. Computed one neighbour column and a block of queries at a time, within
+    :data:`~workers.geometry.memory.DISTANCE_BLOCK_BYTES`: 2,000 queries x 20 neighbours x
+    2,000,000 dimensions would otherwise be 640 GB of differences.
+    """
+    n_queries, k = neighbours.shape
+    dim = vectors.shape[1]
+    block = max(1, DISTANCE_BLOCK_BYTES // (8 * max(dim, 1)))
+    distances = np.empty((n_queries, k))
+    for start in range(0, n_queries, block):
+        stop = min(start + block, n_queries)
+        points = vectors[queries[start:stop]].astype(np.float64)
+        for column in range(k):
+            neighbour = vectors[neighbours[start:stop, column]].astype(np.float64)
+            distances[start:stop, column] = np.linalg.norm(neighbour - points, axis=1)
+    return distances
+
+
 def estimate_intrinsic_dimension(
     embeddings: np.ndarray, *, sample: int, seed: int = 0, k: int = MLE_NEIGHBOURS
 ) -> IntrinsicDimensionEstimate:
@@ -73,10 +97,7 @@ def estimate_intrinsic_dimension(
     else:
         queries = np.sort(np.random.default_rng(seed).choice(n_points, sample, replace=False))
     neighbours = neighbours_of(vectors, queries, k, metric="euclidean")
-    # Distances again in float64 from the vectors: faiss's float32 expansion
-    # |a|^2 - 2ab + |b|^2 loses the small r1 of close pairs to cancellation.
-    points = vectors[queries].astype(np.float64)[:, None, :]
-    distances = np.linalg.norm(vectors[neighbours].astype(np.float64) - points, axis=2)
+    distances = _exact_distances(vectors, queries, neighbours)
     distances.sort(axis=1)
     return IntrinsicDimensionEstimate(
         twonn=twonn_from_distances(distances) if k >= 2 else None,

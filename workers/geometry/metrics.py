@@ -20,9 +20,12 @@ from api_schemas import (
     QuantileStats,
     Suspect,
 )
+from workers.geometry.memory import plan_metrics_block
 
 # DESIGN section 2: both interpolations count as exact below this LOO error.
 REGIME_EPSILON = 0.01
+# Classes a set's report lists one by one (per_class, nnk_degree.per_class).
+MAX_REPORTED_CLASSES = 1000
 
 
 def encode_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +45,29 @@ def class_scores(
     flat = np.arange(n_points)[:, None] * n_classes + codes[candidate_indices]
     totals = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=n_points * n_classes)
     return totals.reshape(n_points, n_classes)
+
+
+def _scored(
+    candidate_indices: np.ndarray, weights: np.ndarray, codes: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per point: the predicted class, the score of its own class, and the total score.
+
+    The (points x classes) scores are made a block of rows at a time
+    (:func:`~workers.geometry.memory.plan_metrics_block`): 12,000 classes would otherwise
+    take N x 12,000 x 8 bytes. Each row's sums are the same as from the whole matrix.
+    """
+    n_points = candidate_indices.shape[0]
+    predicted = np.empty(n_points, dtype=np.int64)
+    own_score = np.empty(n_points)
+    total = np.empty(n_points)
+    block = plan_metrics_block(n_classes)
+    for start in range(0, n_points, block):
+        stop = min(start + block, n_points)
+        scores = class_scores(candidate_indices[start:stop], weights[start:stop], codes, n_classes)
+        predicted[start:stop] = scores.argmax(axis=1)
+        own_score[start:stop] = scores[np.arange(stop - start), codes[start:stop]]
+        total[start:stop] = scores.sum(axis=1)
+    return predicted, own_score, total
 
 
 @dataclass(frozen=True)
@@ -92,14 +118,10 @@ def point_metrics(
     same = codes[candidate_indices] == codes[:, None]
 
     def predict(candidate_weights: np.ndarray) -> np.ndarray:
-        return class_scores(candidate_indices, candidate_weights, codes, n_classes).argmax(axis=1)
+        return _scored(candidate_indices, candidate_weights, codes, n_classes)[0]
 
-    nnk_scores = class_scores(candidate_indices, weights, codes, n_classes)
-    predicted = nnk_scores.argmax(axis=1)
-    total = nnk_scores.sum(axis=1)
-    own_share = np.divide(
-        nnk_scores[np.arange(codes.size), codes], total, out=np.zeros(codes.size), where=total > 0
-    )
+    predicted, own_score, total = _scored(candidate_indices, weights, codes, n_classes)
+    own_share = np.divide(own_score, total, out=np.zeros(codes.size), where=total > 0)
     n_valid = valid.sum(axis=1)
     nnk_same = (same & neighbour).sum(axis=1)
     return PointMetrics(
@@ -159,15 +181,18 @@ def quantile_stats(values: np.ndarray) -> QuantileStats:
 
 
 def degree_stats(
-    degree: np.ndarray, *, codes: np.ndarray | None = None, classes: np.ndarray | None = None
+    degree: np.ndarray,
+    *,
+    codes: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+    shown: np.ndarray | None = None,
 ) -> DegreeStats:
     per_class = None
     if codes is not None and classes is not None:
         sums = np.bincount(codes, weights=degree, minlength=classes.size)
         counts = np.bincount(codes, minlength=classes.size)
-        per_class = {
-            str(label): float(s / c) for label, s, c in zip(classes, sums, counts, strict=True)
-        }
+        listed = np.arange(classes.size) if shown is None else shown
+        per_class = {str(classes[code]): float(sums[code] / counts[code]) for code in listed}
     return DegreeStats(
         **quantile_stats(degree).model_dump(),
         histogram=np.bincount(degree).tolist(),
@@ -179,17 +204,40 @@ def label_of(value: np.generic) -> int | str:
     return value.item() if isinstance(value.item(), int | str) else str(value)
 
 
-def per_class_metrics(points: PointMetrics, classes: np.ndarray) -> list[ClassMetrics]:
+def reported_classes(
+    codes: np.ndarray, n_classes: int, *, limit: int = MAX_REPORTED_CLASSES
+) -> np.ndarray:
+    """Class indices the report lists per class: all, or the ``limit`` most populous.
+
+    Ties go to the smaller class index; the result is sorted, so listed classes keep
+    label order. 12,000 classes would otherwise make megabytes of JSON per set.
+    """
+    if n_classes <= limit:
+        return np.arange(n_classes)
+    counts = np.bincount(codes, minlength=n_classes)
+    largest = np.argsort(-counts, kind="stable")[:limit]
+    return np.sort(largest)
+
+
+def per_class_metrics(
+    points: PointMetrics, classes: np.ndarray, *, shown: np.ndarray | None = None
+) -> list[ClassMetrics]:
+    """The metrics of each class in ``shown`` (default all), in label order."""
+    shown = np.arange(classes.size) if shown is None else shown
+    # Each class's members, in their original order: a mean over them equals the mean
+    # over a boolean mask, and grouping once costs N log N instead of N per class.
+    order = np.argsort(points.codes, kind="stable")
+    bounds = np.searchsorted(points.codes[order], np.arange(classes.size + 1))
     out = []
-    for code, label in enumerate(classes):
-        mask = points.codes == code
+    for code in shown:
+        members = order[bounds[code] : bounds[code + 1]]
         out.append(
             ClassMetrics(
-                label=label_of(label),
-                n=int(mask.sum()),
-                loo_error=loo_error(points, mask),
-                homogeneity=homogeneity(points, mask),
-                mean_degree=float(points.degree[mask].mean()),
+                label=label_of(classes[code]),
+                n=int(members.size),
+                loo_error=loo_error(points, members),
+                homogeneity=homogeneity(points, members),
+                mean_degree=float(points.degree[members].mean()),
             )
         )
     return out

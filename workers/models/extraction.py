@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from workers.geometry.errors import InvalidInputError
+from workers.geometry.memory import is_allocation_failure
 from workers.models.loading import LoadedModel
 
 __all__ = [
@@ -45,14 +46,6 @@ __all__ = [
 ]
 
 PENULTIMATE = "penultimate"
-# How torch and onnxruntime say that an allocation failed.
-_ALLOCATION_FAILURES = (
-    "can't allocate memory",
-    "cannot allocate memory",
-    "bad_alloc",
-    "failed to allocate memory",
-    "out of memory",
-)
 _LISTED_NAMES = 40
 
 
@@ -434,7 +427,7 @@ def _model_failure(error: Exception, inputs: np.ndarray) -> Exception:
     """The error to raise for a model that failed: a MemoryError when it ran out of
     memory (torch and onnxruntime raise RuntimeErrors), else an InvalidInputError."""
     text = " ".join(str(error).split())
-    if any(marker in text.lower() for marker in _ALLOCATION_FAILURES):
+    if is_allocation_failure(error):
         return MemoryError(f"the model could not allocate memory: {text[-300:]}")
     message = text[:300] or type(error).__name__
     return InvalidInputError(

@@ -21,6 +21,7 @@ from torch import nn
 
 from api_schemas.models import CNNModel, MLPModel
 from workers.geometry.errors import InvalidInputError
+from workers.models.footprint import CNN_BASE_CHANNELS, cnn_channels
 
 __all__ = [
     "CNN_BASE_CHANNELS",
@@ -30,8 +31,6 @@ __all__ = [
     "cnn_channels",
     "parameter_count",
 ]
-
-CNN_BASE_CHANNELS: tuple[int, int, int] = (16, 32, 64)
 
 
 class MLP(nn.Module):
@@ -61,12 +60,6 @@ class MLP(nn.Module):
         for block in self.children():
             hidden = block(hidden)
         return hidden
-
-
-def cnn_channels(width_multiplier: float) -> tuple[int, int, int]:
-    """Channels of the three conv blocks for a width multiplier."""
-    first, second, third = (max(1, round(base * width_multiplier)) for base in CNN_BASE_CHANNELS)
-    return first, second, third
 
 
 class SmallCNN(nn.Module):
