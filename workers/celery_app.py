@@ -19,7 +19,7 @@ import os
 import resource
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 
 from api_schemas import AnalysisParams, JobStatus
 from service.records import JobRecord
@@ -131,10 +131,10 @@ def _limit_address_space(**_: object) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-@worker_init.connect
-def _warn_when_budgets_exceed_the_machine(sender: object = None, **_: object) -> None:
+@celeryd_after_setup.connect
+def _warn_when_budgets_exceed_the_machine(instance: object = None, **_: object) -> None:
     settings = get_settings()
-    concurrency = int(getattr(sender, "concurrency", None) or os.cpu_count() or 1)
+    concurrency = int(getattr(instance, "concurrency", None) or os.cpu_count() or 1)
     machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if settings.worker_memory_bytes * concurrency > 0.75 * machine:
         logger.warning(
@@ -147,12 +147,12 @@ def _warn_when_budgets_exceed_the_machine(sender: object = None, **_: object) ->
         )
 
 
-@worker_init.connect
+@celeryd_after_setup.connect
 def _check_model_sandbox(**_: object) -> None:
     """Say at start-up whether this worker can run uploaded models, and why not.
 
-    Probed once in the main process, before the pool forks: its children inherit the
-    answer (`workers.models.sandbox.runner.sandbox_support` caches it).
+    Probed once in the main process, once logging is set up and before the pool forks:
+    its children inherit the answer (`workers.models.sandbox.runner.sandbox_support` caches it).
     """
     from workers.models.sandbox.runner import sandbox_support
 
