@@ -193,12 +193,9 @@ def test_weights_are_equivariant_under_candidate_permutation(problem, random):
 
     # Always: the same optimal value, to what the 1e-6 KKT contract allows (a KKT point
     # within delta of optimality is within about delta * |theta|_1 of the optimal value).
-    torch.testing.assert_close(
-        objective(permuted_gram, permuted_rhs, permuted),
-        objective(gram, rhs, weights),
-        rtol=0,
-        atol=1e-7,
-    )
+    gap = (objective(permuted_gram, permuted_rhs, permuted) - objective(gram, rhs, weights)).abs()
+    bound = 1e-6 * (weights.abs().sum(dim=1) + permuted.abs().sum(dim=1)) + 1e-12
+    assert bool((gap <= bound).all()), (gap.max().item(), bound.min().item())
     # The same weights wherever the optimum is unique: K_S positive definite (a singular
     # K_S, e.g. candidates in nearly one direction, admits many optimal weightings).
     unique = torch.linalg.eigvalsh(gram)[:, 0] > 1e-9

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -506,15 +505,13 @@ def analyze(
                 overall = (position + offset + span * fraction) / len(sets)
                 progress(f"{name}:{stage}", min(overall, 1.0))
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            results[embedding_set.name] = analyze_set(
-                embedding_set,
-                params=params,
-                progress=set_progress,
-                n_threads=n_threads,
-                memory_budget_bytes=memory_budget_bytes,
-            )
+        results[embedding_set.name] = analyze_set(
+            embedding_set,
+            params=params,
+            progress=set_progress,
+            n_threads=n_threads,
+            memory_budget_bytes=memory_budget_bytes,
+        )
     set_reports = [result.report for result in results.values()]
     report = Report(
         job_id=job_id,
