@@ -17,12 +17,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from api_schemas import AnalysisParams, Report
+from nnkgeo.param_flags import add_analysis_flags, given_analysis_params
 from nnkgeo.remote_cli import add_remote_commands
 
 if TYPE_CHECKING:
     from workers.geometry import EmbeddingSet
 
 EXIT_BAD_INPUT = 2
+# Analysis parameters a study sets itself: its --seed seeds the training, its --device
+# places training and analysis alike.
+_STUDY_OWN_FLAGS = ("seed", "device")
 
 
 class CliError(Exception):
@@ -115,18 +119,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from workers.geometry import EmbeddingSet, InvalidInputError, analyze
 
     try:
-        params = AnalysisParams(
-            k=args.k,
-            kernel=args.kernel,
-            sigma=args.sigma,
-            knn=args.knn,
-            solver=args.solver,
-            symmetrize=args.symmetrize,
-            ignore_identical=args.ignore_identical,
-            device=args.device,
-            suspects_top=args.suspects_top,
-            seed=args.seed,
-        )
+        params = AnalysisParams(**given_analysis_params(args))
     except ValidationError as error:
         problems = [
             f"{'.'.join(map(str, item['loc'])) or 'params'}: {item['msg']}"
@@ -251,7 +244,7 @@ def _study(args: argparse.Namespace) -> int:
     spec, local_path = _study_spec(args)
     try:
         params = AnalysisParams(
-            k=args.k, kernel=args.kernel, knn=args.knn, solver=args.solver, device=args.device
+            **given_analysis_params(args, exclude=_STUDY_OWN_FLAGS), device=args.device
         )
     except ValidationError as error:
         raise CliError(_validation_problems(error)) from error
@@ -343,11 +336,14 @@ def _add_study_parser(commands) -> None:
     study.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
     study.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     study.add_argument("--batch-size", type=int, default=64)
-    study.add_argument("--k", type=int, default=50, help="candidates per point (default 50)")
-    study.add_argument("--kernel", choices=["cosine", "gaussian"], default="cosine")
-    study.add_argument("--knn", choices=["exact", "approximate"], default="exact")
-    study.add_argument("--solver", choices=["exact", "authors"], default="exact")
-    study.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    # --seed seeds the training and --device places it too: the study's own.
+    add_analysis_flags(study, with_defaults=True, exclude=_STUDY_OWN_FLAGS)
+    study.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="cpu",
+        help="where training, embedding and the analysis run (default: cpu)",
+    )
     study.add_argument("--out", required=True, help="where to write report.json")
     study.add_argument(
         "--html", help="also write the report as one self-contained HTML page of plots"
@@ -384,18 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--labels-array", help="array name inside the labels file")
     analyze.add_argument("--ids", help="file with N point ids, shown beside suspects")
     analyze.add_argument("--ids-array", help="array name inside the ids file")
-    analyze.add_argument("--k", type=int, default=50, help="candidates per point (default 50)")
-    analyze.add_argument("--kernel", choices=["cosine", "gaussian"], default="cosine")
-    analyze.add_argument("--sigma", type=float, help="fixed gaussian bandwidth")
-    analyze.add_argument("--knn", choices=["exact", "approximate"], default="exact")
-    analyze.add_argument("--solver", choices=["exact", "authors"], default="exact")
-    analyze.add_argument("--symmetrize", choices=["nnk", "max", "min", "mean"], default="nnk")
-    analyze.add_argument(
-        "--ignore-identical", action="store_true", help="drop candidates identical to the query"
-    )
-    analyze.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    analyze.add_argument("--suspects-top", type=int, default=100)
-    analyze.add_argument("--seed", type=int, default=0)
+    add_analysis_flags(analyze, with_defaults=True)
     analyze.add_argument("--out", required=True, help="where to write report.json")
     analyze.add_argument(
         "--html", help="also write the report as one self-contained HTML page of plots"

@@ -42,6 +42,7 @@ from nnkgeo.errors import (
     ServiceUnreachableError,
     UsageError,
 )
+from nnkgeo.param_flags import add_analysis_flags, given_analysis_params
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "add_remote_commands", "main"]
 
@@ -122,19 +123,7 @@ def add_remote_commands(subparsers: argparse._SubParsersAction) -> None:  # type
         "array of a several-array dataset (repeatable)",
     )
     submit.add_argument("--params-json", metavar="JSON|@FILE", help="params as JSON, or @file.json")
-    submit.add_argument("--k", type=int, help="candidates per point")
-    submit.add_argument("--kernel", choices=["cosine", "gaussian"])
-    submit.add_argument("--sigma", type=float, help="fixed gaussian bandwidth")
-    submit.add_argument("--knn", choices=["exact", "approximate"])
-    submit.add_argument("--solver", choices=["exact", "authors"])
-    submit.add_argument("--symmetrize", choices=["nnk", "max", "min", "mean"])
-    submit.add_argument(
-        "--ignore-identical", action="store_true", default=None, help="drop identical candidates"
-    )
-    submit.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    submit.add_argument("--suspects-top", type=int)
-    submit.add_argument("--id-sample", type=int)
-    submit.add_argument("--seed", type=int)
+    add_analysis_flags(submit, with_defaults=False)
     submit.add_argument("--idempotency-key", help="the same key and body return the first job")
     submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
     submit.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
@@ -358,21 +347,6 @@ def _parse_set(text: str) -> dict[str, Any]:
     return spec
 
 
-_PARAM_FLAGS = (
-    "k",
-    "kernel",
-    "sigma",
-    "knn",
-    "solver",
-    "symmetrize",
-    "ignore_identical",
-    "device",
-    "suspects_top",
-    "id_sample",
-    "seed",
-)
-
-
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if args.params_json:
@@ -385,11 +359,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
             raise _Refused(f"--params-json is not JSON: {error}") from None
         if not isinstance(params, dict):
             raise _Refused("--params-json must be a JSON object, e.g. '{\"k\": 30}'")
-    for name in _PARAM_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            params[name] = value
-    return params
+    return params | given_analysis_params(args)
 
 
 def _wait_for(args: argparse.Namespace, client: Client, job_id: str) -> JobOut:

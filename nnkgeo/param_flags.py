@@ -1,0 +1,93 @@
+"""Command-line flags of the analysis parameters, generated from `AnalysisParams`' fields.
+
+One place turns each field into a flag (``k`` -> ``--k``, ``ignore_identical`` ->
+``--ignore-identical``), with its choices, type and help taken from the model, so that
+the local commands (``analyze``, ``study``) and the remote ``submit`` cannot drift from
+it. Local commands show and apply the model's defaults; remote ``submit`` sends only the
+flags the user gave, so that the service decides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from collections.abc import Collection
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from api_schemas import AnalysisParams
+
+__all__ = ["add_analysis_flags", "given_analysis_params"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _value_type(annotation: Any) -> Any:
+    """The annotation without ``None`` (``float | None`` -> ``float``)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [member for member in get_args(annotation) if member is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def add_analysis_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    with_defaults: bool,
+    exclude: Collection[str] = (),
+    model: type[BaseModel] = AnalysisParams,
+) -> None:
+    """Add one flag per field of ``model`` (the analysis parameters) to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    with_defaults : bool
+        True for a local command: each flag defaults to the field's default, which its
+        help shows. False for a request to the service: a flag not given is absent from
+        the parsed namespace (see :func:`given_analysis_params`).
+    exclude : collection of str
+        Fields the command sets otherwise (a study's ``--seed`` seeds its training).
+    model : pydantic model class
+        The parameters' model (tests pass a variant with other defaults).
+    """
+    for name, field in model.model_fields.items():
+        if name in exclude:
+            continue
+        value_type = _value_type(field.annotation)
+        options: dict[str, Any] = {"dest": name}
+        help_text = (field.description or "").rstrip(".")
+        if get_origin(value_type) is Literal:
+            options["choices"] = list(get_args(value_type))
+        elif value_type is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = value_type
+            options["metavar"] = name.upper()
+        if with_defaults:
+            options["default"] = field.default
+            help_text += f" (default: {field.default})"
+        else:
+            options["default"] = argparse.SUPPRESS
+            help_text += " (default: the service's)"
+        parser.add_argument(_flag(name), help=help_text, **options)
+
+
+def given_analysis_params(
+    args: argparse.Namespace,
+    *,
+    exclude: Collection[str] = (),
+    model: type[BaseModel] = AnalysisParams,
+) -> dict[str, Any]:
+    """The analysis parameters present in ``args`` (less ``exclude``): with
+    ``with_defaults=False``, exactly the flags the user gave."""
+    present = vars(args)
+    return {
+        name: present[name]
+        for name in model.model_fields
+        if name in present and name not in exclude
+    }
