@@ -68,6 +68,7 @@ from api_schemas import (
     Problem,
     Report,
 )
+from api_schemas.datasets import DatasetFormat
 from api_schemas.problems import FieldError
 from nnkgeo import __version__
 from nnkgeo.errors import (
@@ -116,8 +117,9 @@ FORMAT_BY_SUFFIX = {
     ".onnx": "onnx",
     ".pt2": "pt2",
 }
-UploadFormat = Literal["npy", "npz", "safetensors", "parquet", "torchscript", "pt2", "onnx"]
-_FORMAT_CHOICES = "'npy'|'npz'|'safetensors'|'parquet'|'onnx'|'torchscript'|'pt2'"
+# The service's list of formats, not a copy of it.
+UploadFormat = DatasetFormat
+_FORMAT_CHOICES = "|".join(repr(name) for name in get_args(DatasetFormat))
 GraphKind = Literal["symmetric", "directed"]
 DatasetLike: TypeAlias = "str | DatasetOut | DatasetRef"
 SetInputs: TypeAlias = (
