@@ -15,6 +15,9 @@ Layout (all keys start with ``nnkgeo:``; ``{t}`` is a tenant name, restricted by
     t:{t}:job:{id}:run:{attempt}  hash, one attempt at a sharded job (below); TTL JOB_TTL_S
     t:{t}:job:{id}:webhook        hash, delivery of the job's end event (`WebhookDelivery`);
                                   TTL JOB_TTL_S
+    t:{t}:job:{id}:memory         hash {estimate:{attempt}, died:{attempt}, budget}: each
+                                  attempt's memory estimate and how its process died
+                                  (`AttemptMemory`); TTL JOB_TTL_S
     t:{t}:jobs                    zset of job ids, all scores 0 (ids sort by creation time)
     t:{t}:result:{id}             hash {report, etag, graphs, created_at}; TTL RESULT_TTL_S
     t:{t}:cache:{cache_key}       string, result id; TTL RESULT_TTL_S

@@ -142,12 +142,6 @@ class WorkerRuntime:
         """CPU threads one task may use; None = one per core."""
         return self.settings.worker_threads or None
 
-    @property
-    def planning_budget_bytes(self) -> int:
-        """The memory budget blocks are planned against: NNKGEO_WORKER_MEMORY_BYTES, less
-        by NNKGEO_MEMORY_ESTIMATE_SCALE when the estimates run low on this platform."""
-        return self.settings.memory_planning_budget_bytes
-
 
 _runtime: WorkerRuntime | None = None
 _runtime_pid: int | None = None
@@ -456,104 +450,83 @@ class Ending:
     status: JobStatus | None = None
 
 
+def _failure_problem(
+    runtime: WorkerRuntime, job: JobRecord, error: Exception, *, attempt: int
+) -> Problem:
+    """The problem a failed job carries for what the core raised (logged here)."""
+    job_id = job.id
+    if isinstance(error, InvalidInputError):
+        # A refused path is a 403: the roots may have changed since submission, or a
+        # link inside them now points out.
+        refused_path = isinstance(error, PathNotAllowedError)
+        return job_problem(
+            job_id,
+            status=403 if refused_path else 422,
+            title="Path not allowed" if refused_path else "Invalid input",
+            slug="path-not-allowed" if refused_path else "invalid-input",
+            detail=f"{error.field}: {error.message}",
+            errors=[FieldError(field=error.field, message=error.message)],
+        )
+    if isinstance(error, SandboxUnavailableError):
+        logger.error("job %s: %s", job_id, error)
+        return job_problem(
+            job_id,
+            status=503,
+            title="Model sandbox unavailable",
+            slug="sandbox-unavailable",
+            detail=str(error),
+        )
+    if isinstance(error, SoftTimeLimitExceeded):
+        return job_problem(
+            job_id,
+            status=500,
+            title="Time limit exceeded",
+            slug="time-limit",
+            detail=f"A task of the job ran longer than "
+            f"{runtime.settings.task_soft_time_limit_s} s "
+            "(NNKGEO_TASK_SOFT_TIME_LIMIT_S); use fewer points, a smaller k, "
+            "knn='approximate', or smaller blocks (NNKGEO_SHARD_ROWS).",
+        )
+    if is_allocation_failure(error):
+        # torch and faiss report a failed allocation as a RuntimeError.
+        logger.error("job %s of %s ran out of memory: %s", job_id, job.tenant, error)
+        return _memory_problem(
+            runtime,
+            job_id,
+            what="an allocation failed",
+            estimate_bytes=runtime.store.attempt_memory(
+                job.tenant, job_id, attempt=attempt
+            ).estimate_bytes,
+        )
+    logger.exception("job %s of %s failed", job_id, job.tenant)
+    return job_problem(
+        job_id,
+        status=500,
+        title="Analysis failed",
+        slug="internal",
+        detail="The analysis failed unexpectedly; the error has been logged.",
+    )
+
+
 @contextmanager
 def ending_job_on_error(
     runtime: WorkerRuntime, job: JobRecord, *, attempt: int
 ) -> Iterator[Ending]:
     """Turn what the core raises into the job's final status (canceled or failed)."""
-    job_id = job.id
     ending = Ending()
     try:
         yield ending
     except AnalysisCanceled:
         ending.status = JobStatus.canceled
         end_job(runtime, job, JobStatus.canceled, attempt=attempt)
-    except InvalidInputError as error:
-        # A refused path is a 403: the roots may have changed since submission, or a
-        # link inside them now points out.
-        refused_path = isinstance(error, PathNotAllowedError)
-        ending.status = JobStatus.failed
-        end_job(
-            runtime,
-            job,
-            JobStatus.failed,
-            attempt=attempt,
-            error=job_problem(
-                job_id,
-                status=403 if refused_path else 422,
-                title="Path not allowed" if refused_path else "Invalid input",
-                slug="path-not-allowed" if refused_path else "invalid-input",
-                detail=f"{error.field}: {error.message}",
-                errors=[FieldError(field=error.field, message=error.message)],
-            ),
-        )
-    except SandboxUnavailableError as error:
-        logger.error("job %s: %s", job_id, error)
-        ending.status = JobStatus.failed
-        end_job(
-            runtime,
-            job,
-            JobStatus.failed,
-            attempt=attempt,
-            error=job_problem(
-                job_id,
-                status=503,
-                title="Model sandbox unavailable",
-                slug="sandbox-unavailable",
-                detail=str(error),
-            ),
-        )
-    except SoftTimeLimitExceeded:
-        ending.status = JobStatus.failed
-        end_job(
-            runtime,
-            job,
-            JobStatus.failed,
-            attempt=attempt,
-            error=job_problem(
-                job_id,
-                status=500,
-                title="Time limit exceeded",
-                slug="time-limit",
-                detail=f"A task of the job ran longer than "
-                f"{runtime.settings.task_soft_time_limit_s} s "
-                "(NNKGEO_TASK_SOFT_TIME_LIMIT_S); use fewer points, a smaller k, "
-                "knn='approximate', or smaller blocks (NNKGEO_SHARD_ROWS).",
-            ),
-        )
     except Exception as error:
         ending.status = JobStatus.failed
-        if is_allocation_failure(error):
-            # torch and faiss report a failed allocation as a RuntimeError.
-            logger.error("job %s of %s ran out of memory: %s", job_id, job.tenant, error)
-            end_job(
-                runtime,
-                job,
-                JobStatus.failed,
-                attempt=attempt,
-                error=_memory_problem(
-                    runtime,
-                    job_id,
-                    what="an allocation failed",
-                    estimate_bytes=runtime.store.attempt_memory(
-                        job.tenant, job_id, attempt=attempt
-                    ).estimate_bytes,
-                ),
-            )
-            return
-        logger.exception("job %s of %s failed", job_id, job.tenant)
         end_job(
             runtime,
             job,
             JobStatus.failed,
             attempt=attempt,
-            error=job_problem(
-                job_id,
-                status=500,
-                title="Analysis failed",
-                slug="internal",
-                detail="The analysis failed unexpectedly; the error has been logged.",
-            ),
+            error=_failure_problem(runtime, job, error, attempt=attempt),
         )
 
 
@@ -733,7 +706,7 @@ def run_job(job_id: str, tenant: str) -> None:
                 job_id=job_id,
                 progress=JobProgressReporter(runtime.store, job, attempt=attempt),
                 n_threads=runtime.threads,
-                memory_budget_bytes=runtime.planning_budget_bytes,
+                memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
             )
             _succeed(runtime, job, analysis, attempt=attempt, sets=sets)
     finally:
@@ -764,7 +737,7 @@ def _record_estimate(
                 int(s.embeddings.shape[0]),
                 int(s.embeddings.shape[1]) if s.embeddings.ndim == 2 else 1,
                 params.k,
-                budget_bytes=runtime.planning_budget_bytes,
+                budget_bytes=runtime.settings.memory_planning_budget_bytes,
                 threads=runtime.threads or os.cpu_count() or 1,
                 approximate=params.knn == "approximate",
             )[0],
@@ -851,7 +824,7 @@ def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> N
         job_id=job.id,
         progress=_progress_share(progress, MODEL_PROGRESS_SHARE, 1 - MODEL_PROGRESS_SHARE),
         n_threads=runtime.threads,
-        memory_budget_bytes=runtime.planning_budget_bytes,
+        memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
     )
     _succeed(runtime, job, analysis, attempt=attempt, sets=sets)
 
@@ -915,7 +888,7 @@ def run_block(
             device=device,
             progress=CancelCheck(store, job, attempt=attempt),
             n_threads=runtime.threads,
-            memory_budget_bytes=runtime.planning_budget_bytes,
+            memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
             rows=set_blocks.blocks[block_index],
             index=index,
         )

@@ -257,6 +257,14 @@ class ServiceStack:
             ],
         )
 
+    def wait_live(self, *, timeout_s: float = 60) -> None:
+        """Until the API answers /healthz: for stacks without Redis or a worker."""
+        wait_until(
+            lambda: httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200,
+            timeout_s=timeout_s,
+            what="the API",
+        )
+
     def wait_ready(self, *, worker: str | None = None, timeout_s: float = 90) -> None:
         def ready() -> bool:
             for process in (self.api, self.worker):

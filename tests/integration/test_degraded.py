@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from tests.integration.helpers import assert_problem, job_body, npy_bytes, upload
-from tests.integration.stack import ServiceStack, free_port, wait_until
+from tests.integration.stack import ServiceStack, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +24,7 @@ def api_without_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     stack.redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     stack.start_api()
     try:
-        wait_until(
-            lambda: httpx.get(f"{stack.base_url}/healthz", timeout=2).status_code == 200,
-            timeout_s=60,
-            what="the API",
-        )
+        stack.wait_live()
         yield stack
     finally:
         stack.stop()

@@ -73,11 +73,7 @@ def bounded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceS
     try:
         stack.start_redis()
         stack.start_api()
-        wait_until(
-            lambda: httpx.get(f"{stack.base_url}/healthz", timeout=2).status_code == 200,
-            timeout_s=60,
-            what="the API",
-        )
+        stack.wait_live()
         yield stack
     finally:
         stack.stop()

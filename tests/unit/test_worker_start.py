@@ -33,3 +33,21 @@ def test_says_nothing_when_the_budgets_fit(
         _warn_when_budgets_exceed_the_machine(instance=SimpleNamespace(concurrency=fitting))
     if fitting * BUDGET_BYTES <= 0.75 * MACHINE_BYTES:
         assert "exceeds" not in caplog.text
+
+
+def test_default_settings_give_an_uploaded_model_the_job_budget_and_most_of_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The security tests lower these limits to run fast; here are the defaults, once."""
+    from service.settings import Settings
+    from workers.tasks import WorkerRuntime, model_sandbox_policy
+
+    for name in list(os.environ):
+        if name.startswith("NNKGEO_"):
+            monkeypatch.delenv(name)
+    settings = Settings()
+    policy = model_sandbox_policy(WorkerRuntime(settings=settings, store=None, blobs=None))  # type: ignore[arg-type]
+    assert policy.memory_bytes == BUDGET_BYTES == settings.memory_planning_budget_bytes
+    assert policy.cpu_seconds == int(0.8 * 3600)
+    assert policy.wall_seconds == pytest.approx(0.9 * 3600)
+    assert policy.unavailable is None and policy.confine  # this kernel enforces it
