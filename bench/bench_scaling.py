@@ -183,8 +183,8 @@ def measure(
         if job["status"] != "succeeded":
             raise RuntimeError(f"{configuration.name}: job ended {job['status']}: {job}")
         cpu_s = sum(_process_tree_cpu_s(w.process.pid) for w in workers) - cpu_before
-        from service.settings import Settings
-        from service.store import Store
+        from jobstate.settings import Settings
+        from jobstate.store import Store
 
         run = Store.from_settings(Settings(redis_url=stack.redis_url)).get_run("alpha", job_id, 1)
         job_s = (

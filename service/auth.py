@@ -1,6 +1,6 @@
 """Bearer API keys mapped to tenants.
 
-A tenant name becomes part of every Redis key that holds its data (see `service.store`),
+A tenant name becomes part of every Redis key that holds its data (see `jobstate.store`),
 so tenant names are restricted to a safe alphabet here, once, at start-up.
 """
 
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.settings import ConfigurationError, Settings
+from jobstate.settings import ConfigurationError, Settings
 
 TENANT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MIN_API_KEY_LENGTH = 16

@@ -2,7 +2,7 @@
 
 An upload is written to a staging file while it is hashed and counted; it is refused
 (413) as soon as it passes NNKGEO_MAX_UPLOAD_BYTES, then checked (arrays by
-`workers.arrayfiles.scan_arrays`, which streams the file and stops at any array that
+`arrayfiles.scan_arrays`, which streams the file and stops at any array that
 decompresses past NNKGEO_MAX_ARRAY_BYTES, 413; a model file by `check_model_archive` and
 the op allow-list of `modelcheck`, which reads the model as data and imports no torch), and
 only then moved to its content address. On any failure the staging file is removed: nothing
@@ -27,15 +27,15 @@ import anyio.to_thread
 
 from api_schemas.datasets import MODEL_FORMATS
 from api_schemas.problems import FieldError
+from arrayfiles import ArrayFileError, ArrayTooLargeError, scan_arrays
+from jobstate.blobs import BlobStore, StagedBlob
+from jobstate.errors import InvalidInputError
+from jobstate.records import DATASET_ID_PATTERN, DatasetRecord, StoredArray, utc_now
+from jobstate.retention import remove_blob_if_unreferenced
+from jobstate.store import Store, StoredBytesQuotaError
 from modelcheck import ModelRefusedError, check_model_file
 from service.auth import Tenant
-from service.blobs import BlobStore, StagedBlob
 from service.errors import ProblemError, invalid_input, not_found
-from service.records import DATASET_ID_PATTERN, DatasetRecord, StoredArray, utc_now
-from service.retention import remove_blob_if_unreferenced
-from service.store import Store, StoredBytesQuotaError
-from workers.arrayfiles import ArrayTooLargeError, scan_arrays
-from workers.geometry import InvalidInputError
 
 # Disk writes leave the event loop in blocks of this size, not per network chunk.
 _WRITE_BLOCK_BYTES = 1 << 20
@@ -283,6 +283,8 @@ class DatasetService:
             scanned = scan_arrays(staged.path, fmt=fmt, max_array_bytes=max_array_bytes)
         except ArrayTooLargeError as error:
             raise array_too_large(error) from None
+        except ArrayFileError as error:
+            raise InvalidInputError(error.field, error.message) from None
         described = []
         for array in scanned:
             # Only a 2-D array can be embeddings; zero rows matter to the cosine kernel.

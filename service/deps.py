@@ -10,12 +10,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
+from jobstate.settings import Settings
+from jobstate.store import Store
 from service.auth import ANONYMOUS_TENANT, ApiKeyring, Tenant
 from service.datasets import DatasetService
 from service.errors import ProblemError
 from service.jobs import JobService
-from service.settings import Settings
-from service.store import Store
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_schemas import Problem
 from api_schemas.problems import FieldError
-from service.problems import problem_type
-from workers.geometry.errors import InvalidInputError
-from workers.models.errors import PathNotAllowedError
+from jobstate.data_paths import PathNotAllowedError
+from jobstate.errors import InvalidInputError
+from jobstate.problems import problem_type
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from service.store import Store
+from jobstate.store import Store
 
 logger = logging.getLogger(__name__)
 

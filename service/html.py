@@ -1,12 +1,12 @@
 """The report page the service serves at ``GET /v1/jobs/{id}/report.html``.
 
-The page itself is drawn by :mod:`nnkgeo.html_report`, the same renderer as
+The page itself is drawn by :mod:`htmlreport`, the same renderer as
 ``nnkgeo analyze --html``: one self-contained file with inline SVG plots that loads
 nothing from anywhere, served with a Content-Security-Policy that forbids it, so it can
 be saved and opened offline.
 
 Each set's 2-D map was computed once by the worker at the end of the job and stored as
-a small blob next to the set's graphs (:mod:`nnkgeo.report_map`, at most a few thousand
+a small blob next to the set's graphs (:mod:`htmlreport.embedding_map`, at most a few thousand
 points): the API reads that blob and never a set's embeddings. The page is rendered on
 each request rather than stored whole because a cached job's page names the job that
 was asked for, not the one that made the result.
@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from api_schemas import Report
-from nnkgeo.html_report import CONTENT_SECURITY_POLICY, EmbeddingMap
-from nnkgeo.html_report import render_report_html as _render
-from nnkgeo.report_map import read_embedding_map
-from service.blobs import BlobStore
-from service.records import GraphFiles
+from htmlreport import CONTENT_SECURITY_POLICY, EmbeddingMap
+from htmlreport import render_report_html as _render
+from htmlreport.embedding_map import read_embedding_map
+from jobstate.blobs import BlobStore
+from jobstate.records import GraphFiles
 
 __all__ = ["CONTENT_SECURITY_POLICY", "ReportPage", "load_report_page", "render_report_html"]
 

@@ -18,7 +18,7 @@ protocol adds, per connection:
 - a body watchdog: a body that makes no progress for ``NNKGEO_REQUEST_BODY_TIMEOUT_S``
   is cut off (``408`` if no response has started, then the connection is closed). The
   application then sees the client disconnect, so an upload's staging file is removed
-  (`service.blobs.BlobStore.staged`). Progress means `PROGRESS_BYTES` more bytes, so
+  (`jobstate.blobs.BlobStore.staged`). Progress means `PROGRESS_BYTES` more bytes, so
   that a body dripped a few bytes at a time counts as stalled; time during which the
   server itself is not reading (flow control paused, or the client waiting for
   ``100 Continue``) is never held against the client.
@@ -39,8 +39,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.problems import problem_type
-from service.settings import get_settings
+from jobstate.problems import problem_type
+from jobstate.settings import get_settings
 
 MAX_HEADER_BYTES = 64 * 1024
 """Most bytes of request line and headers (counted per read, so a read or so more gets
@@ -62,7 +62,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     Notes
     -----
-    The two timeouts are read from `service.settings.get_settings` (the same cached
+    The two timeouts are read from `jobstate.settings.get_settings` (the same cached
     `Settings` the application reads), once per connection.
     """
 

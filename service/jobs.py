@@ -28,12 +28,11 @@ from api_schemas import (
 )
 from api_schemas.datasets import DatasetRef
 from api_schemas.problems import FieldError
-from service.auth import Tenant
-from service.blobs import BlobStore
-from service.errors import ProblemError, invalid_input, not_found
-from service.html import ReportPage, load_report_page
-from service.model_jobs import resolve_model_job
-from service.records import (
+from jobstate.blobs import BlobStore
+from jobstate.checks import check_set_shapes
+from jobstate.errors import InvalidInputError
+from jobstate.memory_budget import SHARD_ALIGNMENT, MemoryBudgetError, plan_solve_block
+from jobstate.records import (
     JOB_ID_PATTERN,
     ArrayInput,
     DatasetRecord,
@@ -45,10 +44,13 @@ from service.records import (
     new_job_id,
     utc_now,
 )
-from service.store import CancelOutcome, Store, WebhookDelivery
-from service.webhooks import WebhookPolicy, webhook_out
-from workers.geometry import ALGORITHM_VERSION, InvalidInputError, check_set_shapes
-from workers.geometry.memory import SHARD_ALIGNMENT, MemoryBudgetError, plan_solve_block
+from jobstate.store import CancelOutcome, Store, WebhookDelivery
+from jobstate.version import ALGORITHM_VERSION
+from jobstate.webhooks import WebhookPolicy, webhook_out
+from service.auth import Tenant
+from service.errors import ProblemError, invalid_input, not_found
+from service.html import ReportPage, load_report_page
+from service.model_jobs import resolve_model_job
 
 GraphKind = Literal["symmetric", "directed"]
 EnqueueJob = Callable[..., None]
@@ -155,7 +157,7 @@ def to_job_out(job: JobRecord, delivery: WebhookDelivery | None = None) -> JobOu
 class JobMemoryPolicy:
     """Refuses, at submission, a set that cannot fit the job memory budget in any blocks.
 
-    The same estimate the worker blocks by (:mod:`workers.geometry.memory`), at its
+    The same estimate the worker blocks by (:mod:`jobstate.memory_budget`), at its
     smallest: one solve thread, and for a set that will be sharded, one shard of
     :data:`~workers.geometry.analysis.SHARD_ALIGNMENT` rows.
     """

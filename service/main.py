@@ -22,8 +22,17 @@ from prometheus_client import CollectorRegistry
 
 import api_schemas
 from api_schemas import Problem
+from jobstate.blobs import BlobStore
+from jobstate.dispatch import (
+    create_celery_app,
+    enqueue_analysis,
+    job_end_announcer,
+    queue_for,
+)
+from jobstate.settings import Settings, get_settings
+from jobstate.store import Store
+from jobstate.webhooks import WebhookPolicy
 from service.auth import ApiKeyring
-from service.blobs import BlobStore
 from service.body_limit import BodySizeLimitMiddleware
 from service.datasets import DatasetService
 from service.deps import Services
@@ -31,15 +40,6 @@ from service.errors import PROBLEM_MEDIA_TYPE, install_problem_handlers, problem
 from service.jobs import JobMemoryPolicy, JobService
 from service.metrics import HttpMetrics, HttpMetricsMiddleware, JobMetricsCollector
 from service.routes import datasets, health, jobs
-from service.settings import Settings, get_settings
-from service.store import Store
-from service.webhooks import WebhookPolicy
-from workers.celery_app import (
-    create_celery_app,
-    enqueue_analysis,
-    job_end_announcer,
-    queue_for,
-)
 
 API_VERSION = "1.0.0"
 # Routes that stream their body to disk under NNKGEO_MAX_UPLOAD_BYTES instead of the

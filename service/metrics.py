@@ -1,6 +1,6 @@
 """Prometheus metrics: HTTP requests of this API process, and jobs of all workers.
 
-Workers count finished jobs and their durations in Redis (see `service.store`), in the
+Workers count finished jobs and their durations in Redis (see `jobstate.store`), in the
 same atomic step that records the outcome; this module reads those counters at scrape
 time, so every API process exposes the same totals, counted once each.
 """
@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.store import FINAL_STATUSES, JOB_DURATION_BUCKETS_S, Store
+from jobstate.store import FINAL_STATUSES, JOB_DURATION_BUCKETS_S, Store
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ What only the model can tell (whether an uploaded model loads, whether weights f
 layer names of an uploaded model) fails the job at run time with the same kind of 422.
 
 The job record keeps the spec as given and the sha256 of every upload it names
-(:class:`~service.records.UploadInput`), so the worker reads exactly these bytes.
+(:class:`~jobstate.records.UploadInput`), so the worker reads exactly these bytes.
 """
 
 from __future__ import annotations
@@ -41,13 +41,17 @@ from api_schemas.models import (
     UploadedDataset,
 )
 from api_schemas.problems import FieldError
+from jobstate.data_paths import (
+    DEFAULT_INPUTS_ARRAY,
+    DEFAULT_LABELS_ARRAY,
+    PathNotAllowedError,
+    resolve_data_path,
+)
+from jobstate.errors import InvalidInputError
+from jobstate.model_footprint import check_family_fits
+from jobstate.records import DatasetRecord, JobSpec, UploadInput
+from jobstate.store import Store
 from service.errors import invalid_input, path_not_allowed
-from service.records import DatasetRecord, JobSpec, UploadInput
-from service.store import Store
-from workers.geometry import InvalidInputError
-from workers.models import PathNotAllowedError, resolve_data_path
-from workers.models.datasets import DEFAULT_INPUTS_ARRAY, DEFAULT_LABELS_ARRAY
-from workers.models.footprint import check_family_fits
 
 __all__ = ["family_layer_names", "resolve_model_job"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from service.records import JobSpec
+from jobstate.records import JobSpec
 from workers.geometry import EmbeddingSet, InvalidInputError
 from workers.geometry.analysis import ProgressCallback
 from workers.models import PathNotAllowedError

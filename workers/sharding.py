@@ -7,7 +7,7 @@ the whole set (memory-mapped) but solves only its rows. Blocks start at multiple
 bit-identical to the graph of a single task.
 
 Block size comes from N, d and k: at most ``shard_rows`` rows, fewer when the block's
-estimated memory (:mod:`workers.geometry.memory`) would exceed the job's memory budget
+estimated memory (:mod:`jobstate.memory_budget`) would exceed the job's memory budget
 (``worker_memory_bytes``); each block task then chooses its solve blocks within it. A
 set below ``shard_min_points`` is one block, and a job whose sets are all one block runs
 as a single task.
@@ -28,10 +28,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from service.settings import Settings
+from jobstate.memory_budget import SHARD_ALIGNMENT, estimate_set_memory
+from jobstate.settings import Settings
 from workers.geometry.analysis import NNKGraph
 from workers.geometry.candidates import ApproximateIndex
-from workers.geometry.memory import SHARD_ALIGNMENT, estimate_set_memory
 
 RowBlock = tuple[int, int]
 """Rows [start, stop) of a set."""
@@ -60,7 +60,7 @@ class ShardingLimits:
 
 def block_footprint_bytes(n_points: int, dim: int, k: int, rows: int) -> int:
     """Estimated peak memory of a task solving ``rows`` rows of an (n_points, dim) set, in
-    its smallest solve blocks (:func:`workers.geometry.memory.estimate_set_memory`)."""
+    its smallest solve blocks (:func:`jobstate.memory_budget.estimate_set_memory`)."""
     return estimate_set_memory(n_points, dim, k, rows=rows, solve_block=1, threads=1).total
 
 

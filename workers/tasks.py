@@ -1,6 +1,6 @@
 """Celery tasks: load a job's inputs, run the numeric core, store what it made.
 
-Tasks stay thin: the job record (`service.store`) says what to read and where the job
+Tasks stay thin: the job record (`jobstate.store`) says what to read and where the job
 stands, `workers.geometry` does the work, and the results go back to the store and the
 blob store. A task is idempotent: a message for a finished job does nothing, and a job
 whose worker died is claimed again and finishes once.
@@ -53,10 +53,20 @@ from celery.worker.request import Request
 
 from api_schemas import JobStatus, Problem, Report
 from api_schemas.problems import FieldError
-from nnkgeo.report_map import compute_embedding_map, write_embedding_map
-from service.blobs import BlobStore
-from service.problems import job_problem
-from service.records import (
+from arrayfiles import ArrayFileError, ArrayTooLargeError, load_array
+from htmlreport.embedding_map import compute_embedding_map, write_embedding_map
+from jobstate.blobs import BlobStore
+from jobstate.dispatch import (
+    ANALYZE_SETS_TASK,
+    ASSEMBLE_JOB_TASK,
+    SOLVE_BLOCK_TASK,
+    enqueue_assembly,
+    enqueue_block,
+    job_end_announcer,
+)
+from jobstate.memory_budget import estimate_set_memory, is_allocation_failure, plan_solve
+from jobstate.problems import job_problem
+from jobstate.records import (
     GraphFiles,
     JobRecord,
     ResultRecord,
@@ -66,25 +76,16 @@ from service.records import (
     block_key,
     utc_now,
 )
-from service.retention import sweep_expired_graphs
-from service.settings import Settings, get_settings
-from service.store import (
+from jobstate.retention import sweep_expired_graphs
+from jobstate.settings import Settings, get_settings
+from jobstate.store import (
     AssemblyStartOutcome,
     BlockStartOutcome,
     ClaimOutcome,
     ProgressVerdict,
     Store,
 )
-from workers.arrayfiles import ArrayTooLargeError, load_array
-from workers.celery_app import (
-    ANALYZE_SETS_TASK,
-    ASSEMBLE_JOB_TASK,
-    SOLVE_BLOCK_TASK,
-    app,
-    enqueue_assembly,
-    enqueue_block,
-    job_end_announcer,
-)
+from workers.celery_app import app
 from workers.geometry import (
     ALGORITHM_VERSION,
     Analysis,
@@ -103,7 +104,6 @@ from workers.geometry.analysis import (
     measure_set,
     resolve_device,
 )
-from workers.geometry.memory import estimate_set_memory, is_allocation_failure, plan_solve
 from workers.geometry.report import comparison
 from workers.model_jobs import build_model_job_sets
 from workers.models import PathNotAllowedError
@@ -270,7 +270,7 @@ def _load_set(blobs: BlobStore, set_input: SetInput, *, max_array_bytes: int) ->
                 field,
                 f"dataset {array_input.dataset}: {error.message} (NNKGEO_MAX_ARRAY_BYTES)",
             ) from None
-        except InvalidInputError as error:
+        except ArrayFileError as error:
             raise InvalidInputError(
                 field, f"dataset {array_input.dataset}: {error.message}"
             ) from None

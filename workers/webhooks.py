@@ -3,7 +3,7 @@
 The store announces every job that reaches a final status (`Store.finish_job`, and a
 cache hit created finished) to its ``on_job_finished`` hook, which queues
 ``deliver_webhook`` with three ids (tenant, job, event) for jobs that carry a
-callback_url (`workers.celery_app.job_end_announcer`). The task reads the job record,
+callback_url (`jobstate.dispatch.job_end_announcer`). The task reads the job record,
 builds a small JSON event, signs it per Standard Webhooks (`nnkgeo.webhooks`) with the
 tenant's secret and POSTs it:
 
@@ -24,7 +24,7 @@ A receiver is outside our control, so each POST is bounded (`post_event`): it en
 runs jobs.
 
 Each attempt and its outcome are logged and kept in the store (`WebhookDelivery`); the
-job resource shows them (`service.webhooks.webhook_out`).
+job resource shows them (`jobstate.webhooks.webhook_out`).
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ import httpx
 from celery import Task
 
 from api_schemas import JobStatus
+from jobstate.dispatch import DELIVER_WEBHOOK_TASK
+from jobstate.records import JobRecord, utc_now
+from jobstate.settings import Settings, get_settings
+from jobstate.store import Store, WebhookState
+from jobstate.webhooks import WebhookPolicy, answer_outcome, event_id_for
 from nnkgeo import __version__
 from nnkgeo.webhooks import signature_headers
-from service.records import JobRecord, utc_now
-from service.settings import Settings, get_settings
-from service.store import Store, WebhookState
-from service.webhooks import WebhookPolicy, answer_outcome, event_id_for
-from workers.celery_app import DELIVER_WEBHOOK_TASK, app
+from workers.celery_app import app
 
 # Longest wait between two attempts. A retry is an ETA message that a worker holds
 # unacknowledged until it is due: held past the broker's visibility timeout, it would be

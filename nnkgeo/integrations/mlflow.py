@@ -79,7 +79,7 @@ def log_report(
     html
         The HTML page to log beside the JSON as ``report.html``: a path to the page, the
         page itself (a ``str`` that starts with ``<``), or ``True`` to render it from the
-        report with :func:`nnkgeo.html_report.render_report_html` (without the 2-D
+        report with :func:`htmlreport.render_report_html` (without the 2-D
         embedding map, which needs the embeddings). ``None`` or ``False``: JSON only.
     prefix
         The first part of every metric and tag name, and the artifact folder.
@@ -212,10 +212,10 @@ def _html_bytes(html: str | Path | bool | None, report: Report) -> bytes | None:
         return None
     if html is True:
         try:
-            from nnkgeo.html_report import render_report_html
+            from htmlreport import render_report_html
         except ImportError as error:
             raise ImportError(
-                f"html=True needs nnkgeo.html_report, which could not be imported ({error}); "
+                f"html=True needs htmlreport, which could not be imported ({error}); "
                 "pass the HTML page's path or text instead"
             ) from error
         return render_report_html(report).encode("utf-8")

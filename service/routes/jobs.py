@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api_schemas import JobCreate, JobList, JobOut, Report
-from nnkgeo.report_map import MAP_MAX_POINTS
+from htmlreport.embedding_map import MAP_MAX_POINTS
 from service.deps import CurrentTenant, JobServiceDep
 from service.errors import media_type_of, problem_responses, unsupported_media_type
 from service.html import CONTENT_SECURITY_POLICY, render_report_html

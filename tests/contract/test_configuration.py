@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from jobstate.settings import ConfigurationError, Settings, load_settings
 from service.auth import ApiKeyring
-from service.settings import ConfigurationError, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = "k" * 16

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import Settings
+from jobstate.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTING_NAMES = {f"NNKGEO_{name.upper()}" for name in Settings.model_fields}

@@ -13,8 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 from api_schemas import AnalysisParams, JobStatus
-from service.settings import Settings
-from service.store import Store
+from jobstate.settings import Settings
+from jobstate.store import Store
 from tests.integration.helpers import (
     assert_problem,
     comparable,

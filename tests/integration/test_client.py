@@ -88,7 +88,7 @@ def _unique_params(**params: object) -> dict[str, object]:
 def test_importing_the_client_loads_no_server_or_numeric_dependencies() -> None:
     heavy = ("torch", "fastapi", "celery", "faiss", "numpy", "scipy", "pyarrow", "service")
     probe = (
-        "import sys, nnkgeo.client, nnkgeo.errors, nnkgeo.remote_cli; "
+        "import sys, nnkgeo.client, nnkgeo.errors, nnkgeo.cli.remote; "
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
 

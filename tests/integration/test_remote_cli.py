@@ -1,4 +1,4 @@
-"""The service subcommands of ``nnkgeo`` (`nnkgeo.remote_cli`) against the real service.
+"""The service subcommands of ``nnkgeo`` (`nnkgeo.cli.remote`) against the real service.
 
 Commands run in-process through the same parser users get (``nnkgeo.cli`` once it
 includes them, else ``remote_cli.main``), with their stdout, stderr and exit status
@@ -22,7 +22,7 @@ import pytest
 import scipy.sparse as sp
 
 from api_schemas import DatasetOut, JobList, JobOut, Report
-from nnkgeo import remote_cli
+from nnkgeo.cli import remote as remote_cli
 from nnkgeo.client import Client
 from tests.integration.stack import REPO_ROOT, TENANT_KEYS, ServiceStack
 
@@ -424,7 +424,7 @@ def test_the_nnkgeo_command_runs_them_with_the_environments_settings(
     stack: ServiceStack, digits_report: Path
 ) -> None:
     job_id = Report.model_validate_json(digits_report.read_text()).job_id
-    module = "nnkgeo" if _wired_into_nnkgeo() else "nnkgeo.remote_cli"
+    module = "nnkgeo" if _wired_into_nnkgeo() else "nnkgeo.cli.remote"
     environment = {
         **os.environ,
         "NNKGEO_URL": stack.base_url,

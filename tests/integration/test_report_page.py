@@ -28,8 +28,8 @@ from safetensors.numpy import save as safetensors_bytes
 
 from api_schemas import Report
 from api_schemas.models import MLPModel
-from nnkgeo.html_report import render_report_html
-from nnkgeo.report_map import EmbeddingMap, read_embedding_map
+from htmlreport import render_report_html
+from htmlreport.embedding_map import EmbeddingMap, read_embedding_map
 from service.html import NO_STORED_MAP_NOTE
 from tests.integration.helpers import submit, upload, upload_array, wait_for_status
 from tests.integration.stack import ServiceStack, wait_until

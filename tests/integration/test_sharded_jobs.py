@@ -26,12 +26,12 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from api_schemas import AnalysisParams, JobStatus
-from service.records import RunProgress
-from service.settings import Settings
-from service.store import Store
+from jobstate.dispatch import SOLVE_BLOCK_TASK, create_celery_app
+from jobstate.records import RunProgress
+from jobstate.settings import Settings
+from jobstate.store import Store
 from tests.integration.helpers import comparable, submit, upload_array, wait_for_status
 from tests.integration.stack import Managed, ServiceStack, wait_until
-from workers.celery_app import SOLVE_BLOCK_TASK, create_celery_app
 from workers.geometry import Analysis, EmbeddingSet, analyze
 
 pytestmark = pytest.mark.integration

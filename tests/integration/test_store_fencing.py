@@ -3,7 +3,7 @@
 A redelivered job is claimed again (attempt 2) while the first run (attempt 1) may still
 be alive; every write attempt 1 makes after that must be refused by the store's Lua
 scripts, and leave the stored record as attempt 2 left it. No worker, no API: the Celery
-paths only ever reach these scripts through `service.store.Store`, so this is where the
+paths only ever reach these scripts through `jobstate.store.Store`, so this is where the
 fence is tested.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from api_schemas import AnalysisParams, JobProgress, JobStatus
-from service.records import (
+from jobstate.records import (
     JobRecord,
     JobSpec,
     SetBlocks,
@@ -25,7 +25,7 @@ from service.records import (
     new_job_id,
     utc_now,
 )
-from service.store import (
+from jobstate.store import (
     BlockStartOutcome,
     ClaimOutcome,
     ProgressVerdict,

@@ -34,9 +34,10 @@ import psutil
 import pytest
 from celery import Celery
 
+from jobstate.dispatch import DELIVER_WEBHOOK_TASK, create_celery_app, webhook_queue
+from jobstate.settings import Settings
+from jobstate.store import Store, WebhookState
 from nnkgeo.webhooks import generate_secret, verify
-from service.settings import Settings
-from service.store import Store, WebhookState
 from tests.integration.conftest import STACK_SETTINGS
 from tests.integration.helpers import (
     assert_problem,
@@ -46,7 +47,6 @@ from tests.integration.helpers import (
     wait_for_status,
 )
 from tests.integration.stack import ServiceStack, wait_until
-from workers.celery_app import DELIVER_WEBHOOK_TASK, create_celery_app, webhook_queue
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.blobs import BlobStore
+from jobstate.blobs import BlobStore
 from tests.integration.helpers import (
     assert_problem,
     npy_bytes,

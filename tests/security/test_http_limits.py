@@ -30,10 +30,10 @@ import redis
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from service.blobs import BlobStore
+from jobstate.blobs import BlobStore
+from jobstate.store import ACTIVE_JOB_ADMISSION_GRACE_S, Store
 from service.datasets import MAX_ARRAY_NAME_CHARS, MAX_ARRAYS_PER_UPLOAD
 from service.http_protocol import MAX_HEADER_BYTES
-from service.store import ACTIVE_JOB_ADMISSION_GRACE_S, Store
 from tests.integration.helpers import (
     assert_problem,
     job_body,

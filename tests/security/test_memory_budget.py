@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.store import PREFIX
+from jobstate.store import PREFIX
 from tests.integration.helpers import assert_problem, submit, upload, upload_array, wait_for_status
 from tests.integration.stack import ServiceStack
 

@@ -20,8 +20,8 @@ import psutil
 import pytest
 import torch
 
+from jobstate.errors import InvalidInputError
 from tests.security import hostile_models
-from workers.geometry.errors import InvalidInputError
 from workers.models.sandbox.runner import (
     ModelLimitError,
     SandboxedModel,

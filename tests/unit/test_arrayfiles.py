@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import save_file
 
-from workers.arrayfiles import (
+from arrayfiles import (
     FORMATS,
     ArrayStats,
     array_stats,
@@ -26,7 +26,7 @@ from workers.arrayfiles import (
     inspect_arrays,
     load_array,
 )
-from workers.geometry.errors import InvalidInputError
+from arrayfiles.errors import ArrayFileError
 
 NUMERIC_DTYPES = [
     "bool",
@@ -89,7 +89,7 @@ def bfloat16_words(values: np.ndarray) -> bytes:
 
 
 def assert_refused(path: Path, fmt: str, *, field: str = "file", match: str) -> None:
-    with pytest.raises(InvalidInputError, match=match) as caught:
+    with pytest.raises(ArrayFileError, match=match) as caught:
         inspect_arrays(path, fmt=fmt)
     assert caught.value.field == field
 
@@ -114,7 +114,7 @@ def test_detect_format_reads_the_suffix(file_name: str, fmt: str) -> None:
 
 
 def test_detect_format_refuses_unknown_suffix_and_names_the_formats() -> None:
-    with pytest.raises(InvalidInputError, match=r"format=npy\|npz\|safetensors\|parquet") as caught:
+    with pytest.raises(ArrayFileError, match=r"format=npy\|npz\|safetensors\|parquet") as caught:
         detect_format("embeddings.csv")
     assert caught.value.field == "format"
 
@@ -126,7 +126,7 @@ def test_unknown_format_argument_is_refused(tmp_path: Path) -> None:
         lambda: inspect_arrays(path, fmt="hdf5"),
         lambda: load_array(path, fmt="hdf5"),
     ):
-        with pytest.raises(InvalidInputError, match="unknown format 'hdf5'") as caught:
+        with pytest.raises(ArrayFileError, match="unknown format 'hdf5'") as caught:
             call()
         assert caught.value.field == "format"
 
@@ -184,7 +184,7 @@ def test_npy_name_is_array_and_other_names_are_refused(tmp_path: Path) -> None:
     np.save(path, np.ones((2, 2)))
 
     np.testing.assert_array_equal(load_array(path, fmt="npy", name="array"), np.ones((2, 2)))
-    with pytest.raises(InvalidInputError, match="no array 'emb'; the file holds 'array'") as caught:
+    with pytest.raises(ArrayFileError, match="no array 'emb'; the file holds 'array'") as caught:
         load_array(path, fmt="npy", name="emb")
     assert caught.value.field == "array"
 
@@ -196,7 +196,7 @@ def test_npy_pickled_object_array_is_refused(tmp_path: Path) -> None:
     assert_refused(
         path, "npy", match="pickled or object arrays are refused; save with allow_pickle"
     )
-    with pytest.raises(InvalidInputError, match="pickled or object arrays are refused"):
+    with pytest.raises(ArrayFileError, match="pickled or object arrays are refused"):
         load_array(path, fmt="npy")
 
 
@@ -206,7 +206,7 @@ def test_npy_cut_in_half_is_refused_as_truncated(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
     assert_refused(path, "npy", match="truncated")
-    with pytest.raises(InvalidInputError, match="truncated"):
+    with pytest.raises(ArrayFileError, match="truncated"):
         load_array(path, fmt="npy")
 
 
@@ -294,7 +294,7 @@ def test_npz_object_member_is_refused(tmp_path: Path) -> None:
     np.savez(path, embeddings=np.ones((3, 2)), ids=np.array([1, "x", None], dtype=object))
 
     assert_refused(path, "npz", match="array 'ids' holds Python objects: pickled or object")
-    with pytest.raises(InvalidInputError, match="pickled or object arrays are refused"):
+    with pytest.raises(ArrayFileError, match="pickled or object arrays are refused"):
         load_array(path, fmt="npz", name="ids")
 
 
@@ -325,11 +325,11 @@ def test_npz_without_name_needs_exactly_one_array(tmp_path: Path) -> None:
 
     np.testing.assert_array_equal(load_array(single, fmt="npz"), np.ones((2, 2)))
     with pytest.raises(
-        InvalidInputError, match="file holds arrays 'a', 'b', 'c'; name one of them"
+        ArrayFileError, match="file holds arrays 'a', 'b', 'c'; name one of them"
     ) as caught:
         load_array(several, fmt="npz")
     assert caught.value.field == "array"
-    with pytest.raises(InvalidInputError, match="no array 'foo'; the file holds 'a', 'b', 'c'"):
+    with pytest.raises(ArrayFileError, match="no array 'foo'; the file holds 'a', 'b', 'c'"):
         load_array(several, fmt="npz", name="foo")
 
 
@@ -367,7 +367,7 @@ def test_npz_member_whose_header_overstates_its_size_is_refused(
 
     assert_refused(path, "npz", match="truncated: array 'x' needs 8000000000000 bytes")
     for mmap in (True, False):
-        with pytest.raises(InvalidInputError, match="truncated"):
+        with pytest.raises(ArrayFileError, match="truncated"):
             load_array(path, fmt="npz", mmap=mmap)
 
 
@@ -460,10 +460,10 @@ def test_safetensors_without_name_needs_exactly_one_tensor(tmp_path: Path) -> No
     path = tmp_path / "model.safetensors"
     save_file({"b": np.ones(2), "a": np.zeros(2)}, path)
 
-    with pytest.raises(InvalidInputError, match="file holds arrays 'a', 'b'; name one") as caught:
+    with pytest.raises(ArrayFileError, match="file holds arrays 'a', 'b'; name one") as caught:
         load_array(path, fmt="safetensors")
     assert caught.value.field == "array"
-    with pytest.raises(InvalidInputError, match="no array 'c'; the file holds 'a', 'b'"):
+    with pytest.raises(ArrayFileError, match="no array 'c'; the file holds 'a', 'b'"):
         load_array(path, fmt="safetensors", name="c")
 
 
@@ -552,7 +552,7 @@ def test_parquet_single_float_column_has_no_columns_array(tmp_path: Path) -> Non
     pq.write_table(pa.table({"score": [0.5, 0.25], "label": [0, 1]}), path)
 
     assert [info.name for info in inspect_arrays(path, fmt="parquet")] == ["score", "label"]
-    with pytest.raises(InvalidInputError, match="no array '__columns__'"):
+    with pytest.raises(ArrayFileError, match="no array '__columns__'"):
         load_array(path, fmt="parquet", name="__columns__")
 
 
@@ -587,7 +587,7 @@ def test_parquet_ragged_list_column_is_refused(tmp_path: Path) -> None:
     pq.write_table(pa.table({"emb": rows}), path, row_group_size=4)
 
     assert_refused(path, "parquet", match="column 'emb' is ragged: its rows hold lists of 2 and 3")
-    with pytest.raises(InvalidInputError, match="ragged"):
+    with pytest.raises(ArrayFileError, match="ragged"):
         load_array(path, fmt="parquet")
 
 
@@ -596,7 +596,7 @@ def test_parquet_null_values_are_refused(tmp_path: Path) -> None:
     pq.write_table(pa.table({"emb": [[1.0, 2.0], None, [3.0, None]]}), path)
 
     assert_refused(path, "parquet", match=r"array 'emb' holds 2 missing \(null\) values")
-    with pytest.raises(InvalidInputError, match="missing"):
+    with pytest.raises(ArrayFileError, match="missing"):
         load_array(path, fmt="parquet")
 
 
@@ -631,7 +631,7 @@ def test_parquet_without_name_needs_exactly_one_array(tmp_path: Path) -> None:
     path = tmp_path / "table.parquet"
     pq.write_table(pa.table({"emb": [[1.0, 2.0]], "label": [3]}), path)
 
-    with pytest.raises(InvalidInputError, match="file holds arrays 'emb', 'label'; name one"):
+    with pytest.raises(ArrayFileError, match="file holds arrays 'emb', 'label'; name one"):
         load_array(path, fmt="parquet")
 
 
@@ -659,7 +659,7 @@ def test_garbage_bytes_are_refused_in_every_format(tmp_path: Path, fmt: str) -> 
     path.write_bytes(np.random.default_rng(7).bytes(4096))
 
     for call in (lambda: inspect_arrays(path, fmt=fmt), lambda: load_array(path, fmt=fmt)):
-        with pytest.raises(InvalidInputError) as caught:
+        with pytest.raises(ArrayFileError) as caught:
             call()
         assert caught.value.field == "file"
 
@@ -791,7 +791,7 @@ def test_array_stats_counts_zero_rows_of_integer_matrices_too() -> None:
 
 
 def test_array_stats_refuses_chunk_rows_below_one() -> None:
-    with pytest.raises(InvalidInputError, match="at least 1") as caught:
+    with pytest.raises(ArrayFileError, match="at least 1") as caught:
         array_stats(np.ones((2, 2)), chunk_rows=0)
     assert caught.value.field == "chunk_rows"
 
@@ -809,9 +809,9 @@ def test_reading_every_format_imports_neither_torch_nor_pandas(tmp_path: Path) -
     script = (
         "import sys\n"
         "sys.modules['pandas'] = None\n"
-        "import workers.geometry.errors\n"
+        "import jobstate.errors\n"
         "before = set(sys.modules)\n"
-        "from workers.arrayfiles import FORMATS, inspect_arrays, load_array\n"
+        "from arrayfiles import FORMATS, inspect_arrays, load_array\n"
         "for fmt in FORMATS:\n"
         f"    path = {str(tmp_path)!r} + '/emb.' + fmt\n"
         "    inspect_arrays(path, fmt=fmt)\n"

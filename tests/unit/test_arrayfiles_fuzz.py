@@ -2,7 +2,7 @@
 
 Valid files of every format are mutated (bits flipped, integers overwritten with
 extremes, bytes inserted, deleted, cut) and npy headers forged outright; reading them
-must either succeed or raise :class:`InvalidInputError` (``ArrayTooLargeError`` is
+must either succeed or raise :class:`ArrayFileError` (``ArrayTooLargeError`` is
 one), never anything else. Every read is bounded by a 16 MiB ``max_array_bytes``, so a
 mutation that declares a huge array is refused rather than allocated.
 """
@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
-from workers.arrayfiles import load_array, scan_arrays
-from workers.geometry.errors import InvalidInputError
+from arrayfiles import load_array, scan_arrays
+from arrayfiles.errors import ArrayFileError
 
 LIMIT = 16 << 20
 FUZZ = settings(
@@ -165,7 +165,7 @@ def read_everything(path: Path, fmt: str) -> None:
     reads: list[Callable[[], object]] = [lambda: load_array(path, fmt=fmt, max_array_bytes=LIMIT)]
     try:
         scanned = scan_arrays(path, fmt=fmt, max_array_bytes=LIMIT)
-    except InvalidInputError:
+    except ArrayFileError:
         scanned = []
     for array in scanned:
         for mmap in (True, False):
@@ -175,7 +175,7 @@ def read_everything(path: Path, fmt: str) -> None:
                 )
             )
     for read in reads:
-        with contextlib.suppress(InvalidInputError):
+        with contextlib.suppress(ArrayFileError):
             read()
 
 

@@ -21,17 +21,17 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import save_file
 
-from tests.security import bombs
-from tests.unit.test_arrayfiles import bfloat16_words, peak_rss_growth, write_raw_safetensors
-from workers import arrayfiles
-from workers.arrayfiles import (
+import arrayfiles
+from arrayfiles import (
     ArrayTooLargeError,
     array_stats,
     inspect_arrays,
     load_array,
     scan_arrays,
 )
-from workers.geometry.errors import InvalidInputError
+from arrayfiles.errors import ArrayFileError
+from tests.security import bombs
+from tests.unit.test_arrayfiles import bfloat16_words, peak_rss_growth, write_raw_safetensors
 
 MIB = 1 << 20
 
@@ -128,7 +128,7 @@ def test_bfloat16_tensor_counts_at_the_float32_it_loads_as(tmp_path: Path) -> No
 def test_limit_below_one_byte_is_refused_naming_the_parameter(tmp_path: Path) -> None:
     path = save(tmp_path / "a.npy", "npy", {"a": np.ones(3)})
 
-    with pytest.raises(InvalidInputError, match="at least 1") as caught:
+    with pytest.raises(ArrayFileError, match="at least 1") as caught:
         inspect_arrays(path, fmt="npy", max_array_bytes=0)
     assert caught.value.field == "max_array_bytes"
 
@@ -167,7 +167,7 @@ def test_negative_dimension_in_an_npy_header_is_refused_naming_the_array(
         lambda: load_array(path, fmt=fmt, max_array_bytes=MIB),
         lambda: load_array(path, fmt=fmt),
     ):
-        with pytest.raises(InvalidInputError, match="negative dimension") as caught:
+        with pytest.raises(ArrayFileError, match="negative dimension") as caught:
             call()
         assert caught.value.field == "file"
         assert repr(name) in caught.value.message
@@ -216,7 +216,7 @@ def test_zip_directory_declaring_less_stops_inflating_at_its_declared_size(
     path = write(tmp_path / "lie.npz", content)
 
     def scan() -> None:
-        with pytest.raises(InvalidInputError, match="CRC"):
+        with pytest.raises(ArrayFileError, match="CRC"):
             inspect_arrays(path, fmt="npz", max_array_bytes=16 * MIB)
 
     growth, _ = peak_rss_growth(scan)
@@ -253,7 +253,7 @@ def test_npz_members_sharing_their_data_are_refused(tmp_path: Path) -> None:
     )
     path = write(tmp_path / "overlap.npz", bombs.zip_archive([first, overlapping]))
 
-    with pytest.raises(InvalidInputError, match="overlap"):
+    with pytest.raises(ArrayFileError, match="overlap"):
         inspect_arrays(path, fmt="npz", max_array_bytes=16 * MIB)
 
 
@@ -264,7 +264,7 @@ def test_npz_member_compressed_with_bzip2_is_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as archive:
         archive.writestr("a.npy", buffer.getvalue())
 
-    with pytest.raises(InvalidInputError, match="only stored and deflated"):
+    with pytest.raises(ArrayFileError, match="only stored and deflated"):
         inspect_arrays(path, fmt="npz", max_array_bytes=MIB)
 
 
@@ -274,7 +274,7 @@ def test_npz_member_compressed_with_bzip2_is_refused(tmp_path: Path) -> None:
 def test_safetensors_header_longer_than_the_file_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "t.safetensors", (1 << 40).to_bytes(8, "little") + b"{}")
 
-    with pytest.raises(InvalidInputError, match="more than the file"):
+    with pytest.raises(ArrayFileError, match="more than the file"):
         inspect_arrays(path, fmt="safetensors", max_array_bytes=MIB)
 
 
@@ -294,7 +294,7 @@ def test_safetensors_header_past_16_mib_is_refused_whatever_the_limit(tmp_path: 
     header = b'{"__metadata__": {"pad": "' + b" " * (17 * MIB) + b'"}}'
     path = write(tmp_path / "t.safetensors", len(header).to_bytes(8, "little") + header)
 
-    with pytest.raises(InvalidInputError, match="headers of more than"):
+    with pytest.raises(ArrayFileError, match="headers of more than"):
         inspect_arrays(path, fmt="safetensors")
 
 
@@ -354,12 +354,12 @@ def test_parquet_statistics_that_abort_pyarrow_accessors_are_refused_in_process(
     path = write(tmp_path / "histogram.parquet", content)
     script = (
         "import sys\n"
-        "from workers.arrayfiles import load_array, scan_arrays\n"
-        "from workers.geometry.errors import InvalidInputError\n"
+        "from arrayfiles import load_array, scan_arrays\n"
+        "from arrayfiles.errors import ArrayFileError\n"
         "for read in (scan_arrays, load_array):\n"
         "    try:\n"
         f"        read({str(path)!r}, fmt='parquet', max_array_bytes=1 << 24)\n"
-        "    except InvalidInputError as error:\n"
+        "    except ArrayFileError as error:\n"
         "        print('refused:', error)\n"
     )
 
@@ -511,7 +511,7 @@ def test_float64_values_that_overflow_float32_are_refused_naming_the_array(
     with np.errstate(over="ignore"):
         overflowing = int(np.count_nonzero(np.isinf(array.astype(np.float32))))
 
-    with pytest.raises(InvalidInputError, match="rescale") as caught:
+    with pytest.raises(ArrayFileError, match="rescale") as caught:
         inspect_arrays(path, fmt=fmt, max_array_bytes=MIB)
 
     assert caught.value.field == "file"

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.blobs import BlobStore
-from service.records import ArrayInput, SetInput
+from jobstate.blobs import BlobStore
+from jobstate.checks import check_embedding_values
+from jobstate.errors import InvalidInputError
+from jobstate.records import ArrayInput, SetInput
 from tests.security import bombs
-from workers.geometry.errors import InvalidInputError
-from workers.geometry.validation import check_embedding_values
 from workers.models.datasets import load_image_folder, load_uploaded_data, resolve_data_path
 from workers.tasks import _load_set
 

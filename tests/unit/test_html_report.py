@@ -33,8 +33,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from api_schemas import AnalysisParams, Report
-from nnkgeo import report_map
-from nnkgeo.html_report import (
+from htmlreport import (
     CONTENT_SECURITY_POLICY,
     MAX_SUSPECT_ROWS,
     NO_EMBEDDINGS_NOTE,
@@ -42,7 +41,8 @@ from nnkgeo.html_report import (
     nice_ticks,
     render_report_html,
 )
-from nnkgeo.report_map import (
+from htmlreport import embedding_map as report_map
+from htmlreport.embedding_map import (
     MAP_MAX_POINTS,
     EmbeddingMap,
     compute_embedding_map,

@@ -18,17 +18,18 @@ import torch
 
 from api_schemas import AnalysisParams
 from api_schemas.models import CNNModel, MLPModel
-from workers.geometry import EmbeddingSet, analyze
-from workers.geometry import memory as memory_module
-from workers.geometry.analysis import build_nnk_graph
-from workers.geometry.errors import InvalidInputError
-from workers.geometry.memory import (
+from jobstate import memory_budget as memory_module
+from jobstate.errors import InvalidInputError
+from jobstate.memory_budget import (
     MAX_SOLVE_BLOCK,
     MemoryBudgetError,
     estimate_set_memory,
     plan_solve,
     plan_solve_block,
 )
+from jobstate.model_footprint import check_family_fits, family_parameters
+from workers.geometry import EmbeddingSet, analyze
+from workers.geometry.analysis import build_nnk_graph
 from workers.geometry.metrics import (
     class_scores,
     encode_labels,
@@ -37,7 +38,6 @@ from workers.geometry.metrics import (
     reported_classes,
 )
 from workers.models.families import build_family_model, parameter_count
-from workers.models.footprint import check_family_fits, family_parameters
 
 MIB = 1024**2
 

@@ -207,7 +207,7 @@ def test_run_id_and_the_active_run_are_used_as_given(report, store, tmp_path):
 
 
 def test_html_true_renders_the_page_from_the_report(report, store, tmp_path):
-    html_report = pytest.importorskip("nnkgeo.html_report")
+    html_report = pytest.importorskip("htmlreport")
     import mlflow
 
     client, _ = store

@@ -25,7 +25,7 @@ from api_schemas.models import (
     ModelSpec,
     StudySpec,
 )
-from workers.geometry.errors import InvalidInputError
+from jobstate.errors import InvalidInputError
 from workers.models import (
     PathNotAllowedError,
     embed_sets,

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from api_schemas import AnalysisParams
 from nnkgeo.cli import build_parser
-from nnkgeo.param_flags import add_analysis_flags, given_analysis_params
+from nnkgeo.cli.param_flags import add_analysis_flags, given_analysis_params
 
 
 def _subcommand(name: str) -> argparse.ArgumentParser:

@@ -3,39 +3,25 @@
 Nothing in this package touches Redis, Celery, HTTP or files. Arrays in, arrays,
 CSR graphs and pydantic report models out.
 
-The analysis entry points are imported lazily: the API process needs only the
-errors and the shape checks, and must not pay for importing torch and faiss.
+Importing it loads the engine (numpy, scipy, faiss, torch): the API process never
+does. The errors, shape checks, memory budget and ALGORITHM_VERSION that the API shares
+with the engine live in `jobstate`, and are re-exported here for the engine's users.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING
-
-from workers.geometry.errors import AnalysisCanceled, InvalidInputError, NNKGeoError
-from workers.geometry.validation import check_set_shapes
-from workers.geometry.version import ALGORITHM_VERSION
-
-if TYPE_CHECKING:
-    from workers.geometry.analysis import (
-        Analysis,
-        EmbeddingSet,
-        ProgressCallback,
-        SetAnalysis,
-        analyze,
-        analyze_set,
-        validate_set,
-    )
-
-_LAZY = {
-    "Analysis",
-    "EmbeddingSet",
-    "ProgressCallback",
-    "SetAnalysis",
-    "analyze",
-    "analyze_set",
-    "validate_set",
-}
+from jobstate.checks import check_set_shapes
+from jobstate.errors import AnalysisCanceled, InvalidInputError, NNKGeoError
+from jobstate.version import ALGORITHM_VERSION
+from workers.geometry.analysis import (
+    Analysis,
+    EmbeddingSet,
+    ProgressCallback,
+    SetAnalysis,
+    analyze,
+    analyze_set,
+    validate_set,
+)
 
 __all__ = [
     "ALGORITHM_VERSION",
@@ -51,9 +37,3 @@ __all__ = [
     "check_set_shapes",
     "validate_set",
 ]
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        return getattr(import_module("workers.geometry.analysis"), name)
-    raise AttributeError(f"module 'workers.geometry' has no attribute {name!r}")

@@ -27,6 +27,9 @@ from api_schemas import (
     SetReport,
     Timings,
 )
+from jobstate.checks import check_embedding_values, check_set_shapes
+from jobstate.memory_budget import MAX_SOLVE_BLOCK, SHARD_ALIGNMENT, plan_solve
+from jobstate.version import ALGORITHM_VERSION
 from workers.geometry import metrics
 from workers.geometry.candidates import (
     ApproximateIndex,
@@ -38,11 +41,8 @@ from workers.geometry.candidates import (
 from workers.geometry.graph import directed_graph, symmetric_graph
 from workers.geometry.intrinsic_dimension import estimate_intrinsic_dimension
 from workers.geometry.kernels import candidate_kernels, kernel_vectors
-from workers.geometry.memory import MAX_SOLVE_BLOCK, SHARD_ALIGNMENT, plan_solve
 from workers.geometry.report import comparison
 from workers.geometry.solver import IDENTICAL_TOLERANCE, nnk_weights
-from workers.geometry.validation import check_embedding_values, check_set_shapes
-from workers.geometry.version import ALGORITHM_VERSION
 
 ProgressCallback = Callable[[str, float], None]
 """Called as ``progress(stage, fraction)``; may raise AnalysisCanceled to stop the run."""
@@ -214,9 +214,9 @@ def build_nnk_graph(
         For ``knn="approximate"``: a prebuilt index (shared by shards).
     memory_budget_bytes : int, optional
         On the CPU, solve blocks (and, as a last resort, fewer threads) are chosen so that
-        the whole task fits this (:func:`workers.geometry.memory.plan_solve`); blocks
+        the whole task fits this (:func:`jobstate.memory_budget.plan_solve`); blocks
         are powers of two, so results do not depend on it. Default: blocks of
-        :data:`~workers.geometry.memory.MAX_SOLVE_BLOCK` rows.
+        :data:`~jobstate.memory_budget.MAX_SOLVE_BLOCK` rows.
 
     Raises
     ------

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jobstate.memory_budget import DISTANCE_BLOCK_BYTES
 from workers.geometry.candidates import neighbours_of
-from workers.geometry.memory import DISTANCE_BLOCK_BYTES
 
 MLE_NEIGHBOURS = 20
 
@@ -58,7 +58,7 @@ def _exact_distances(
 
     faiss's float32 expansion |a|^2 - 2ab + |b|^2 loses the small r1 of close pairs to
     cancellation. Computed one neighbour column and a block of queries at a time, within
-    :data:`~workers.geometry.memory.DISTANCE_BLOCK_BYTES`: 2,000 queries x 20 neighbours x
+    :data:`~jobstate.memory_budget.DISTANCE_BLOCK_BYTES`: 2,000 queries x 20 neighbours x
     2,000,000 dimensions would otherwise be 640 GB of differences.
     """
     n_queries, k = neighbours.shape

@@ -20,7 +20,7 @@ from api_schemas import (
     QuantileStats,
     Suspect,
 )
-from workers.geometry.memory import plan_metrics_block
+from jobstate.memory_budget import plan_metrics_block
 
 # DESIGN section 2: both interpolations count as exact below this LOO error.
 REGIME_EPSILON = 0.01
@@ -53,7 +53,7 @@ def _scored(
     """Per point: the predicted class, the score of its own class, and the total score.
 
     The (points x classes) scores are made a block of rows at a time
-    (:func:`~workers.geometry.memory.plan_metrics_block`): 12,000 classes would otherwise
+    (:func:`~jobstate.memory_budget.plan_metrics_block`): 12,000 classes would otherwise
     take N x 12,000 x 8 bytes. Each row's sums are the same as from the whole matrix.
     """
     n_points = candidate_indices.shape[0]

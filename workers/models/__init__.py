@@ -16,14 +16,13 @@ and for a ``study`` job::
 
 and hands ``sets`` to :func:`workers.geometry.analyze`. The dataset side
 (:func:`resolve_data_path`, :class:`PathNotAllowedError`) imports no torch, so the API
-process can refuse a path before it queues a job; the rest is imported on first use.
+process can refuse a path before it queues a job; they live in `jobstate.data_paths`.
+Importing this package loads torch.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING
-
+from jobstate.data_paths import PathNotAllowedError
 from workers.models.datasets import (
     LabelledData,
     TrainTestData,
@@ -34,29 +33,12 @@ from workers.models.datasets import (
     resolve_data_path,
     split_dataset,
 )
-from workers.models.errors import PathNotAllowedError
-
-if TYPE_CHECKING:
-    from workers.models.embed import embed_sets
-    from workers.models.extraction import LayerTap, extract_embeddings
-    from workers.models.families import build_family_model, parameter_count
-    from workers.models.loading import LoadedModel, load_model
-    from workers.models.study import run_study, study_models
-    from workers.models.training import TrainingResult, train_until_fit
-
-_LAZY = {
-    "embed_sets": "workers.models.embed",
-    "LayerTap": "workers.models.extraction",
-    "extract_embeddings": "workers.models.extraction",
-    "build_family_model": "workers.models.families",
-    "parameter_count": "workers.models.families",
-    "LoadedModel": "workers.models.loading",
-    "load_model": "workers.models.loading",
-    "run_study": "workers.models.study",
-    "study_models": "workers.models.study",
-    "TrainingResult": "workers.models.training",
-    "train_until_fit": "workers.models.training",
-}
+from workers.models.embed import embed_sets
+from workers.models.extraction import LayerTap, extract_embeddings
+from workers.models.families import build_family_model, parameter_count
+from workers.models.loading import LoadedModel, load_model
+from workers.models.study import run_study, study_models
+from workers.models.training import TrainingResult, train_until_fit
 
 __all__ = [
     "LabelledData",
@@ -80,9 +62,3 @@ __all__ = [
     "study_models",
     "train_until_fit",
 ]
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'workers.models' has no attribute {name!r}")

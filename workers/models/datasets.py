@@ -5,9 +5,9 @@ images), the labels as given, and ids that point back to the source (row index, 
 file's path relative to the folder). Nothing here imports torch, so the API process can
 check a reference (:func:`resolve_data_path`) before it queues a job.
 
-Every problem with a reference is an :class:`~workers.geometry.errors.InvalidInputError`
+Every problem with a reference is an :class:`~jobstate.errors.InvalidInputError`
 whose ``field`` names it (``"dataset.path"``, ``"dataset.inputs"``); a path outside the
-allow-listed roots is a :class:`~workers.models.errors.PathNotAllowedError` (the
+allow-listed roots is a :class:`~jobstate.data_paths.PathNotAllowedError` (the
 service answers 403).
 """
 
@@ -27,9 +27,13 @@ from api_schemas.models import (
     DirectoryDataset,
     UploadedDataset,
 )
-from workers.arrayfiles import ArrayTooLargeError, load_array
-from workers.geometry.errors import InvalidInputError
-from workers.models.errors import PathNotAllowedError
+from arrayfiles import ArrayFileError, ArrayTooLargeError, load_array
+from jobstate.data_paths import (
+    DEFAULT_INPUTS_ARRAY,
+    DEFAULT_LABELS_ARRAY,
+    resolve_data_path,
+)
+from jobstate.errors import InvalidInputError
 
 __all__ = [
     "DEFAULT_INPUTS_ARRAY",
@@ -44,8 +48,6 @@ __all__ = [
     "split_dataset",
 ]
 
-DEFAULT_INPUTS_ARRAY = "inputs"
-DEFAULT_LABELS_ARRAY = "labels"
 IMAGE_ARRAY_SUFFIX = ".npy"
 # Common image formats that would need Pillow, which the workers do not install: named
 # in the refusal so that users know to convert rather than wonder why files vanished.
@@ -236,7 +238,7 @@ def load_uploaded_data(
             raise InvalidInputError(
                 f"{field}.{role}", f"{error.message} (NNKGEO_MAX_ARRAY_BYTES)"
             ) from error
-        except InvalidInputError as error:
+        except ArrayFileError as error:
             raise InvalidInputError(f"{field}.{role}", error.message) from error
     checked_inputs = _checked_inputs(
         arrays["inputs"], field=f"{field}.inputs", name=inputs or DEFAULT_INPUTS_ARRAY
@@ -248,70 +250,6 @@ def load_uploaded_data(
         ),
         ids=np.arange(checked_inputs.shape[0], dtype=np.int64),
     )
-
-
-def _within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def resolve_data_path(
-    path: str | os.PathLike[str],
-    *,
-    roots: Sequence[str | os.PathLike[str]],
-    field: str = "dataset.path",
-) -> Path:
-    """The real path of ``path``, if it lies inside one of the allow-listed ``roots``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        An absolute path, as the user gave it.
-    roots : sequence of str or os.PathLike
-        The directories the operator allow-lists (``NNKGEO_DATA_ROOTS``); resolved the
-        same way, so a root may itself be a symbolic link.
-    field : str
-        Dotted name of the reference, for error messages.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path`` with every symbolic link and ``..`` resolved.
-
-    Raises
-    ------
-    PathNotAllowedError
-        When no root is configured, or the resolved path lies outside every root (a
-        ``..`` escape, or a symbolic link pointing out). Whether the path exists is
-        checked only after this, so a refusal says nothing about files outside.
-    InvalidInputError
-        When the path is relative, or cannot be resolved (a NUL byte, a name longer than
-        the file system allows, a loop of symbolic links).
-
-    Examples
-    --------
-    >>> resolve_data_path("/data/../etc", roots=["/data"])  # doctest: +SKIP
-    Traceback (most recent call last):
-    PathNotAllowedError: dataset.path: ...
-    """
-    if not os.path.isabs(path):
-        raise InvalidInputError(field, f"the path must be absolute, got {os.fspath(path)!r}")
-    if not roots:
-        raise PathNotAllowedError(
-            field, "no data directory is allow-listed on this server (NNKGEO_DATA_ROOTS)"
-        )
-    # strict=False: a path that does not exist still resolves (its existing prefix's
-    # links followed), so refusal does not depend on existence.
-    try:
-        resolved = Path(path).resolve(strict=False)
-    except (OSError, ValueError, RuntimeError):
-        # A NUL byte, a name too long, a loop of links: said without the system's words,
-        # which could tell what lies outside the roots.
-        raise InvalidInputError(field, "not a valid path on this server") from None
-    if not any(_within(resolved, Path(root).resolve(strict=False)) for root in roots):
-        raise PathNotAllowedError(
-            field, f"{os.fspath(path)!r} is outside the allow-listed data directories"
-        )
-    return resolved
 
 
 def load_image_folder(

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.geometry.errors import InvalidInputError
-from workers.geometry.memory import is_allocation_failure
+from jobstate.errors import InvalidInputError
+from jobstate.memory_budget import is_allocation_failure
 from workers.models.loading import LoadedModel
 
 __all__ = [

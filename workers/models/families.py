@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from api_schemas.models import CNNModel, MLPModel
-from workers.geometry.errors import InvalidInputError
-from workers.models.footprint import CNN_BASE_CHANNELS, cnn_channels
+from jobstate.errors import InvalidInputError
+from jobstate.model_footprint import CNN_BASE_CHANNELS, cnn_channels
 
 __all__ = [
     "CNN_BASE_CHANNELS",

@@ -19,7 +19,7 @@ In the service these loaders run only inside the model sandbox
 (:mod:`workers.models.sandbox`); :func:`load_model` hands back a
 :class:`~workers.models.sandbox.runner.SandboxedModel` there instead of loading.
 
-Every failure is an :class:`~workers.geometry.errors.InvalidInputError` whose ``field``
+Every failure is an :class:`~jobstate.errors.InvalidInputError` whose ``field``
 names the reference (``"model.weights"``, ``"model.torchscript"``, ...).
 """
 
@@ -44,7 +44,7 @@ from api_schemas.models import (
     OnnxModel,
     TorchScriptModel,
 )
-from workers.geometry.errors import InvalidInputError
+from jobstate.errors import InvalidInputError
 from workers.models.families import build_family_model
 from workers.models.sandbox.runner import ModelFormat, SandboxedModel, SandboxPolicy
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.geometry.errors import InvalidInputError
+from jobstate.errors import InvalidInputError
 
 __all__ = [
     "LAYER_OP_TYPES",

@@ -26,8 +26,8 @@ from api_schemas.models import (
     MLPModel,
     StudySpec,
 )
+from jobstate.errors import InvalidInputError
 from workers.geometry.analysis import EmbeddingSet, ProgressCallback
-from workers.geometry.errors import InvalidInputError
 from workers.models.datasets import LabelledData, split_dataset
 from workers.models.embed import embedding_set
 from workers.models.extraction import extract_embeddings, resolve_device
@@ -103,7 +103,7 @@ def run_study(
     progress : callable, optional
         ``progress(stage, fraction)`` with stages ``"train:<model>"`` and
         ``"embed:<model>"`` and the fraction of the whole study; may raise
-        :class:`~workers.geometry.errors.AnalysisCanceled` to stop.
+        :class:`~jobstate.errors.AnalysisCanceled` to stop.
 
     Returns
     -------

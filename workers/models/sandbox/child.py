@@ -51,7 +51,7 @@ _SYSTEM_PATHS = (
     "/sys/devices/system/cpu",
 )
 # nnkgeo's packages the child imports; never the project root, which may hold data.
-_CODE_PACKAGES = ("workers", "modelcheck", "api_schemas")
+_CODE_PACKAGES = ("workers", "jobstate", "arrayfiles", "modelcheck", "api_schemas")
 
 
 def _runtime_dirs() -> list[str]:
@@ -145,7 +145,7 @@ def _load(request: dict[str, Any]) -> Any:
 def _serve(request: dict[str, Any], channel: BinaryIO) -> None:
     import numpy as np
 
-    from workers.geometry.errors import InvalidInputError
+    from jobstate.errors import InvalidInputError
     from workers.models.extraction import extract_embeddings
     from workers.models.sandbox.protocol import write_frame
 

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from workers.geometry.errors import InvalidInputError, NNKGeoError
+from jobstate.errors import InvalidInputError, NNKGeoError
 from workers.models.sandbox.protocol import FrameError, read_frame
 
 __all__ = [

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 from api_schemas.models import CNNModel, MLPModel
-from workers.geometry.errors import InvalidInputError
+from jobstate.errors import InvalidInputError
 
 __all__ = [
     "CNN_BASE_CHANNELS",

@@ -16,7 +16,7 @@ Exit status:
 Every error is one line on stderr: ``nnkgeo: error: ...``.
 
 The commands are added to the ``nnkgeo`` parser by :func:`add_remote_commands`;
-:func:`main` runs them alone (``python -m nnkgeo.remote_cli``).
+:func:`main` runs them alone (``python -m nnkgeo.cli.remote``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from api_schemas import DatasetOut, JobOut, JobStatus, Report, SetReport
+from nnkgeo.cli.param_flags import add_analysis_flags, given_analysis_params
 from nnkgeo.client import Client, UploadFormat
 from nnkgeo.errors import (
     JobError,
@@ -42,7 +43,6 @@ from nnkgeo.errors import (
     ServiceUnreachableError,
     UsageError,
 )
-from nnkgeo.param_flags import add_analysis_flags, given_analysis_params
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "add_remote_commands", "main"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers.geometry.errors import InvalidInputError
+from jobstate.errors import InvalidInputError
 
 __all__ = [
     "MAX_SOLVE_BLOCK",

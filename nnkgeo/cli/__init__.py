@@ -13,14 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import ValidationError
 
 from api_schemas import AnalysisParams, Report
-from nnkgeo.param_flags import add_analysis_flags, given_analysis_params
-from nnkgeo.remote_cli import add_remote_commands
+from nnkgeo.cli.param_flags import add_analysis_flags, given_analysis_params
+from nnkgeo.cli.remote import add_remote_commands
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from workers.geometry import EmbeddingSet
 
 EXIT_BAD_INPUT = 2
@@ -63,14 +64,13 @@ class _Progress:
 
 
 def _read(path: str, array: str | None, what: str) -> np.ndarray:
-    from workers.arrayfiles import detect_format, load_array
-    from workers.geometry import InvalidInputError
+    from arrayfiles import ArrayFileError, detect_format, load_array
 
     if not Path(path).is_file():
         raise CliError(f"{what}: no such file: {path}")
     try:
         return load_array(path, fmt=detect_format(path), name=array)
-    except InvalidInputError as error:
+    except ArrayFileError as error:
         raise CliError(f"{what} {path}: {error.message}") from error
 
 
@@ -102,7 +102,7 @@ def _write_report(
     out_path.write_text(report.model_dump_json(indent=2))
     if html is None:
         return
-    from nnkgeo.html_report import render_report_html
+    from htmlreport import render_report_html
 
     page = render_report_html(
         report,
@@ -271,6 +271,8 @@ def _study(args: argparse.Namespace) -> int:
             arrays[f"{embedding_set.name}.embeddings"] = embedding_set.embeddings
             arrays[f"{embedding_set.name}.labels"] = embedding_set.labels
             arrays[f"{embedding_set.name}.ids"] = embedding_set.ids
+        import numpy as np
+
         np.savez(embeddings_out, **arrays)
     if not args.quiet:
         _print_study_table(result.report, seconds=time.perf_counter() - started)

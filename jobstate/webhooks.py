@@ -33,11 +33,11 @@ from urllib.parse import urlsplit
 
 from api_schemas.jobs import JobWebhook, WebhookDeliveryStatus
 from api_schemas.problems import FieldError
+from jobstate.store import WebhookDelivery, WebhookState
 from nnkgeo.webhooks import SECRET_PREFIX
-from service.store import WebhookDelivery, WebhookState
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from jobstate.settings import Settings
 
 CALLBACK_URL_FIELD = "callback_url"
 _SCHEMES = ("http", "https")

@@ -65,7 +65,7 @@ from redis.lock import Lock
 from redis.retry import Retry
 
 from api_schemas import JobProgress, JobStatus, Problem
-from service.records import (
+from jobstate.records import (
     DatasetRecord,
     GraphFiles,
     JobRecord,
@@ -75,7 +75,7 @@ from service.records import (
     ShardedRun,
     job_id_floor,
 )
-from service.settings import Settings
+from jobstate.settings import Settings
 
 PREFIX = "nnkgeo:"
 JOB_DURATION_BUCKETS_S = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from api_schemas import AnalysisParams
-from workers.geometry.errors import InvalidInputError
+from jobstate.errors import InvalidInputError
 
 MIN_POINTS = 3
 _NUMERIC_KINDS = "biuf"

@@ -16,7 +16,7 @@ What the page shows (DESIGN section 2 defines every metric):
   the embeddings coloured by label with the suspects ringed, and the suspects table.
 
 The map (PCA of a seeded sample; a local report uses UMAP when ``umap`` is installed) is made by
-:mod:`nnkgeo.report_map`: given ready-made (the service's worker stores one per set), or
+:mod:`htmlreport.embedding_map`: given ready-made (the service's worker stores one per set), or
 computed here from the embeddings when they are given (``nnkgeo analyze --html``).
 
 Every user-provided string (set names, labels, ids, warnings, extra facts) is escaped.
@@ -34,7 +34,7 @@ from html import escape
 import numpy as np
 
 from api_schemas import ClassMetrics, Report, SetReport
-from nnkgeo.report_map import MAP_MAX_POINTS, EmbeddingMap, compute_embedding_map
+from htmlreport.embedding_map import MAP_MAX_POINTS, EmbeddingMap, compute_embedding_map
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -1293,7 +1293,8 @@ def render_report_html(
     report : Report
         The analysis report.
     maps : mapping of set name to EmbeddingMap, optional
-        Each set's 2-D map, computed beforehand (:func:`nnkgeo.report_map.compute_embedding_map`;
+        Each set's 2-D map, computed beforehand
+        (:func:`htmlreport.embedding_map.compute_embedding_map`;
         the service's worker stores one per set with the report).
     map_notes : mapping of set name to str, optional
         For a set with neither a map nor embeddings: the note its map figure shows

@@ -2,7 +2,7 @@
 
 These are richer than the public models of `api_schemas`: a job record snapshots the
 exact blobs and arrays it reads, so that a worker never depends on a dataset record that
-may be deleted meanwhile. `service.store` decides how they are laid out in Redis.
+may be deleted meanwhile. `jobstate.store` decides how they are laid out in Redis.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class JobRecord(BaseModel):
 
 class GraphFiles(BaseModel):
     """The blobs made for one set: its graphs (scipy.sparse.save_npz files) and the 2-D
-    map its report page draws (`nnkgeo.report_map`).
+    map its report page draws (`htmlreport.embedding_map`).
 
     All of them live as long as the result that names them (`Store.register_graph_blobs`).
     """
@@ -207,7 +207,7 @@ class ShardedRun(BaseModel):
     """The plan of one attempt at a sharded job: which blocks exist and where they go.
 
     Blocks are addressed as (set index, block index); their results are recorded by
-    `service.store` under the attempt, so a restarted job never mixes in blocks of an
+    `jobstate.store` under the attempt, so a restarted job never mixes in blocks of an
     earlier run.
     """
 

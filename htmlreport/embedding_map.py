@@ -2,7 +2,7 @@
 
 The map is computed where the embeddings are: by the worker at the end of a job, which
 stores it as a blob living as long as the job's graphs, or by ``nnkgeo analyze --html``
-on the user's machine. :mod:`nnkgeo.html_report` only draws it, so the API that serves
+on the user's machine. :mod:`htmlreport` only draws it, so the API that serves
 the page never reads a set's embeddings.
 
 What is kept is exactly what the page draws: a seeded sample of at most

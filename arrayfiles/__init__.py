@@ -16,7 +16,7 @@ stops and raises :class:`ArrayTooLargeError`. Without a limit (``None``) nothing
 bounded: only pass ``None`` for files you trust.
 
 Every problem with a file's content is raised as
-:class:`~workers.geometry.errors.InvalidInputError` with ``field="file"`` (or
+:class:`~arrayfiles.errors.ArrayFileError` with ``field="file"`` (or
 ``"format"`` / ``"array"`` for a wrong format or array name) and a message that names
 the array and what to do; :class:`ArrayTooLargeError` is one of them. Operating-system
 errors (a missing file, no permission) propagate unchanged: they are not the user's data.
@@ -58,11 +58,12 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError, safe_open
 
 from api_schemas.datasets import ArrayInfo
-from workers.geometry.errors import InvalidInputError
-from workers.parquet_layout import FileLayout, LayoutError, read_footer, walk_column_chunk
+from arrayfiles.errors import ArrayFileError
+from arrayfiles.parquet_layout import FileLayout, LayoutError, read_footer, walk_column_chunk
 
 __all__ = [
     "FORMATS",
+    "ArrayFileError",
     "ArrayStats",
     "ArrayTooLargeError",
     "ScannedArray",
@@ -126,7 +127,7 @@ _SAFETENSORS_STORAGE = {
 }
 
 
-class ArrayTooLargeError(InvalidInputError):
+class ArrayTooLargeError(ArrayFileError):
     """An array, or the metadata describing it, larger than the caller's limit.
 
     Raised before any data are read when the file declares the size, and as soon as the
@@ -222,7 +223,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
     Raises
     ------
-    InvalidInputError
+    ArrayFileError
         With ``field="format"`` when the suffix is none of these.
 
     Examples
@@ -234,7 +235,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     try:
         return _SUFFIX_FORMATS[suffix]
     except KeyError:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "format",
             f"cannot tell the format of {Path(path).name!r} from its suffix; {_FORMAT_HINT}",
         ) from None
@@ -274,7 +275,7 @@ def scan_arrays(
     ------
     ArrayTooLargeError
         When an array (or the file's metadata) passes ``max_array_bytes``.
-    InvalidInputError
+    ArrayFileError
         ``field="format"`` for an unknown ``fmt``; ``field="file"`` for a file that does
         not parse or is truncated, a header with a negative dimension, pickled or object
         arrays, unsupported dtypes (complex, structured, datetime, byte strings, ...),
@@ -289,7 +290,7 @@ def scan_arrays(
     _check_readable(path)
     arrays = _SCANNERS[fmt](path, limit=max_array_bytes)
     if not arrays:
-        raise InvalidInputError("file", f"the {fmt} file holds no arrays")
+        raise ArrayFileError("file", f"the {fmt} file holds no arrays")
     return arrays
 
 
@@ -316,7 +317,7 @@ def inspect_arrays(
 
     Raises
     ------
-    ArrayTooLargeError, InvalidInputError, OSError
+    ArrayTooLargeError, ArrayFileError, OSError
         As :func:`scan_arrays`.
 
     Examples
@@ -370,7 +371,7 @@ def load_array(
     ------
     ArrayTooLargeError
         When the array passes ``max_array_bytes``.
-    InvalidInputError
+    ArrayFileError
         ``field="array"`` when ``name`` is missing and the file holds several arrays,
         or names none of them; otherwise as :func:`scan_arrays`.
     OSError
@@ -419,7 +420,7 @@ def array_stats(array: np.ndarray, *, chunk_rows: int | None = None) -> ArraySta
 
     Raises
     ------
-    InvalidInputError
+    ArrayFileError
         With ``field="chunk_rows"`` when ``chunk_rows`` is below 1.
 
     Examples
@@ -428,7 +429,7 @@ def array_stats(array: np.ndarray, *, chunk_rows: int | None = None) -> ArraySta
     ArrayStats(n_nonfinite=1, zero_rows=1, first_zero_row=0, n_overflow=0)
     """
     if chunk_rows is not None and chunk_rows < 1:
-        raise InvalidInputError("chunk_rows", f"must be at least 1, got {chunk_rows}")
+        raise ArrayFileError("chunk_rows", f"must be at least 1, got {chunk_rows}")
     if array.dtype.kind not in "biuf" or array.size == 0:
         return ArrayStats(n_nonfinite=0, zero_rows=0)
     values = _ValueScan(dtype=array.dtype, shape=array.shape)
@@ -449,12 +450,12 @@ def array_stats(array: np.ndarray, *, chunk_rows: int | None = None) -> ArraySta
 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise InvalidInputError("format", f"unknown format {fmt!r}; {_FORMAT_HINT}")
+        raise ArrayFileError("format", f"unknown format {fmt!r}; {_FORMAT_HINT}")
 
 
 def _check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
-        raise InvalidInputError("max_array_bytes", f"must be at least 1, got {limit}")
+        raise ArrayFileError("max_array_bytes", f"must be at least 1, got {limit}")
 
 
 def _check_readable(path: str | os.PathLike[str]) -> None:
@@ -471,10 +472,10 @@ def _check_size(name: str, nbytes: int, limit: int | None) -> None:
 
 @contextmanager
 def _parse_errors(what: str) -> Iterator[None]:
-    """Turn the errors parsers raise on malformed bytes into ``InvalidInputError``."""
+    """Turn the errors parsers raise on malformed bytes into ``ArrayFileError``."""
     try:
         yield
-    except InvalidInputError:
+    except ArrayFileError:
         raise
     except OSError as error:
         # pyarrow reports malformed data as OSError without errno; a real I/O failure
@@ -482,7 +483,7 @@ def _parse_errors(what: str) -> Iterator[None]:
         # a seek to an offset the file itself gave (a negative one) fails with it.
         if error.errno is not None and error.errno != errno.EINVAL:
             raise
-        raise InvalidInputError("file", f"not a valid {what} file: {error}") from error
+        raise ArrayFileError("file", f"not a valid {what} file: {error}") from error
     except (
         ValueError,
         SyntaxError,
@@ -495,7 +496,7 @@ def _parse_errors(what: str) -> Iterator[None]:
         SafetensorError,
         pa.ArrowException,
     ) as error:
-        raise InvalidInputError("file", f"not a valid {what} file: {error}") from error
+        raise ArrayFileError("file", f"not a valid {what} file: {error}") from error
 
 
 def _resolve_name(requested: str | None, available: Sequence[str]) -> str:
@@ -504,16 +505,16 @@ def _resolve_name(requested: str | None, available: Sequence[str]) -> str:
         if len(available) == 1:
             return available[0]
         if not available:
-            raise InvalidInputError("file", "the file holds no arrays")
-        raise InvalidInputError("array", f"file holds arrays {listed}; name one of them")
+            raise ArrayFileError("file", "the file holds no arrays")
+        raise ArrayFileError("array", f"file holds arrays {listed}; name one of them")
     if requested not in available:
-        raise InvalidInputError("array", f"no array {requested!r}; the file holds {listed}")
+        raise ArrayFileError("array", f"no array {requested!r}; the file holds {listed}")
     return requested
 
 
 def _check_numpy_dtype(name: str, dtype: np.dtype) -> None:
     if dtype.hasobject:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"array {name!r} holds Python objects: pickled or object arrays are refused; "
             "save with allow_pickle=False",
@@ -529,7 +530,7 @@ def _check_numpy_dtype(name: str, dtype: np.dtype) -> None:
         "f": "extended-precision",
     }.get(dtype.kind, "unsupported")
     hint = "; decode it to str" if dtype.kind == "S" else ""
-    raise InvalidInputError(
+    raise ArrayFileError(
         "file",
         f"array {name!r} has {kind} dtype {dtype}, which is not supported{hint}; "
         f"supported dtypes are {_SUPPORTED_DTYPES}",
@@ -544,7 +545,7 @@ def _check_shape(name: str, shape: Sequence[int]) -> None:
     # numpy's header parser accepts any integers; a negative one would give a negative
     # element count, which later arithmetic (sizes, offsets) must never see.
     if any(dim < 0 for dim in shape):
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"array {name!r} has a negative dimension in its header (shape {tuple(shape)}); "
             "the file is damaged or forged: save the array again with numpy.save",
@@ -553,18 +554,18 @@ def _check_shape(name: str, shape: Sequence[int]) -> None:
 
 def _check_not_empty(name: str, shape: Sequence[int]) -> None:
     if math.prod(shape) == 0:
-        raise InvalidInputError("file", f"array {name!r} is empty (shape {tuple(shape)})")
+        raise ArrayFileError("file", f"array {name!r} is empty (shape {tuple(shape)})")
 
 
 def _check_values(name: str, stats: ArrayStats) -> None:
     if stats.n_nonfinite:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"array {name!r} holds {stats.n_nonfinite} non-finite values (NaN/Inf); "
             "embeddings must be finite, so replace or drop those rows",
         )
     if stats.n_overflow:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"array {name!r} holds {stats.n_overflow} values beyond float32's range "
             f"(magnitude above {_FLOAT32_MAX:.3g}), which become +-inf in float32, the "
@@ -578,8 +579,8 @@ def _bfloat16_to_float32(words: np.ndarray) -> np.ndarray:
     return (words.astype(np.uint32) << 16).view(np.float32)
 
 
-def _truncated(name: str, *, needed: int, present: int) -> InvalidInputError:
-    return InvalidInputError(
+def _truncated(name: str, *, needed: int, present: int) -> ArrayFileError:
+    return ArrayFileError(
         "file",
         f"the file is truncated: array {name!r} needs {needed} bytes of data, "
         f"only {present} are there",
@@ -611,7 +612,7 @@ class _ValueScan:
     def feed(self, values: np.ndarray) -> None:
         """Take the next ``values.size`` elements, flat, in the array's storage order."""
         if self._fed + values.size > self._size:
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file", f"the file is damaged: it holds more values than the shape {self._shape}"
             )
         if self._floating:
@@ -780,7 +781,7 @@ def _read_npy_header(stream: BinaryIO, *, name: str, what: str) -> _NpyHeader:
                 header = np.lib.format.read_array_header_2_0(stream)
             else:
                 header = None
-        except (InvalidInputError, OSError):
+        except (ArrayFileError, OSError):
             raise
         except Exception as error:
             # The header is at most 10,000 characters of a Python literal, parsed by
@@ -791,7 +792,7 @@ def _read_npy_header(stream: BinaryIO, *, name: str, what: str) -> _NpyHeader:
     if header is None:
         # numpy writes version 3.0 only for structured dtypes with non-Latin-1 field
         # names, which are refused anyway.
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"array {name!r} uses npy format version {version[0]}.{version[1]}; "
             "save it as a plain (non-structured) array with numpy.save",
@@ -873,25 +874,25 @@ def _npz_members(archive: zipfile.ZipFile, *, file_size: int) -> dict[str, zipfi
     for info in archive.infolist():
         if not info.filename:
             # (ZipInfo.is_dir indexes the name's last character.)
-            raise InvalidInputError("file", "not a valid .npz file: a member has no name")
+            raise ArrayFileError("file", "not a valid .npz file: a member has no name")
         if info.is_dir():
             continue
         # zipfile seeks wherever the directory says (even before the file's start, where
         # the seek fails with an errno like real I/O trouble): keep it to the file.
         if not 0 <= info.header_offset < file_size or info.compress_size < 0:
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file", f"not a valid .npz file: member {info.filename!r} lies outside the file"
             )
         if not info.filename.endswith(".npy"):
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file",
                 f"member {info.filename!r} is not an .npy array; save the file with "
                 "numpy.savez or numpy.savez_compressed",
             )
         if info.flag_bits & 0x1:
-            raise InvalidInputError("file", f"member {info.filename!r} is encrypted")
+            raise ArrayFileError("file", f"member {info.filename!r} is encrypted")
         if info.compress_type not in _ZIP_COMPRESSIONS:
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file",
                 f"member {info.filename!r} is compressed with zip method {info.compress_type}; "
                 "only stored and deflated members are read: save the file with numpy.savez "
@@ -899,7 +900,7 @@ def _npz_members(archive: zipfile.ZipFile, *, file_size: int) -> dict[str, zipfi
             )
         name = info.filename.removesuffix(".npy")
         if name in members:
-            raise InvalidInputError("file", f"array {name!r} appears twice in the archive")
+            raise ArrayFileError("file", f"array {name!r} appears twice in the archive")
         members[name] = info
     _check_members_apart(list(members.values()))
     return members
@@ -914,7 +915,7 @@ def _check_members_apart(infos: list[zipfile.ZipInfo]) -> None:
     ordered = sorted(infos, key=lambda info: info.header_offset)
     for this, following in itertools.pairwise(ordered):
         if following.header_offset < this.header_offset + max(this.compress_size, 1):
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file",
                 f"not a valid .npz file: members {this.filename!r} and {following.filename!r} "
                 "overlap in the archive",
@@ -996,10 +997,10 @@ def _map_stored_member(
         stream.seek(info.header_offset)
         local_header = stream.read(_ZIP_LOCAL_HEADER.size)
         if len(local_header) < _ZIP_LOCAL_HEADER.size:
-            raise InvalidInputError("file", f"not a valid .npz file: member {name!r} is cut off")
+            raise ArrayFileError("file", f"not a valid .npz file: member {name!r} is cut off")
         signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(local_header)
         if signature != _ZIP_LOCAL_SIGNATURE:
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file", f"not a valid .npz file: bad local header for member {name!r}"
             )
         member_start = info.header_offset + _ZIP_LOCAL_HEADER.size + name_length + extra_length
@@ -1041,7 +1042,7 @@ class _Tensor:
             return _SAFETENSORS_STORAGE[self.code]
         except KeyError:
             kind = "complex " if self.code.startswith("C") else ""
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file",
                 f"array {self.name!r} has {kind}dtype {self.code}, which is not supported; "
                 f"supported dtypes are {_SUPPORTED_DTYPES}",
@@ -1071,18 +1072,18 @@ def _safetensors_header_size(path: str | os.PathLike[str], *, limit: int | None)
         prefix = stream.read(8)
         file_size = os.fstat(stream.fileno()).st_size
     if len(prefix) < 8:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file", "not a valid safetensors file: it ends before the length of its header"
         )
     (header_size,) = struct.unpack("<Q", prefix)
     if header_size > file_size - 8:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"not a valid safetensors file: its header would take {header_size} bytes, "
             f"more than the file's {file_size}",
         )
     if header_size > _MAX_METADATA_BYTES:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"the safetensors header takes {header_size} bytes; headers of more than "
             f"{_MAX_METADATA_BYTES} bytes are refused: split the tensors into several files",
@@ -1119,7 +1120,7 @@ def _safetensors_tensors(path: str | os.PathLike[str], *, limit: int | None) -> 
         except (KeyError, TypeError, ValueError):
             # safe_open accepted the header, so its own parse differs from json's here
             # (duplicate keys, say): the file is not one the format allows.
-            raise InvalidInputError(
+            raise ArrayFileError(
                 "file", f"not a valid safetensors file: tensor {name!r} is ill-described"
             ) from None
         _check_shape(name, shape)
@@ -1268,7 +1269,7 @@ def _classify_column(arrow_field: pa.Field, leaf: int) -> _Column:
         if dtype is not None:
             width = arrow_type.list_size if pa.types.is_fixed_size_list(arrow_type) else None
             return _Column(name=name, kind="list", dtype=dtype, width=width, leaf=leaf)
-    raise InvalidInputError(
+    raise ArrayFileError(
         "file",
         f"column {name!r} has type {arrow_type}, which is not supported; columns must "
         "hold numbers, booleans, strings, or lists of numbers of one length",
@@ -1283,13 +1284,13 @@ def _parquet_columns(parquet: _Parquet) -> list[_Column]:
         for leaf, arrow_field in enumerate(parquet.file.schema_arrow)
     ]
     if len(columns) != parquet.file.metadata.num_columns:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file", "the table has nested columns; columns must be flat or lists of numbers"
         )
     seen: set[str] = set()
     for column in columns:
         if column.name in seen:
-            raise InvalidInputError("file", f"column {column.name!r} appears twice")
+            raise ArrayFileError("file", f"column {column.name!r} appears twice")
         seen.add(column.name)
     return columns
 
@@ -1324,7 +1325,7 @@ def _parquet_footer_size(path: str | os.PathLike[str], *, limit: int | None) -> 
     if magic != _PARQUET_MAGIC or footer_size > file_size - 12:
         return None
     if footer_size > _MAX_METADATA_BYTES:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"the parquet footer takes {footer_size} bytes; footers of more than "
             f"{_MAX_METADATA_BYTES} bytes are refused: write fewer row groups or columns",
@@ -1334,8 +1335,8 @@ def _parquet_footer_size(path: str | os.PathLike[str], *, limit: int | None) -> 
     return footer_size
 
 
-def _invalid_parquet(message: str) -> InvalidInputError:
-    return InvalidInputError("file", f"not a valid parquet file: {message}")
+def _invalid_parquet(message: str) -> ArrayFileError:
+    return ArrayFileError("file", f"not a valid parquet file: {message}")
 
 
 def _open_parquet(path: str | os.PathLike[str], *, limit: int | None) -> _Parquet:
@@ -1526,8 +1527,8 @@ def _string_lengths(array: pa.Array) -> pa.Array:
     return pc.utf8_length(_plain(array))
 
 
-def _ragged(name: str, first: int, other: int) -> InvalidInputError:
-    return InvalidInputError(
+def _ragged(name: str, first: int, other: int) -> ArrayFileError:
+    return ArrayFileError(
         "file",
         f"column {name!r} is ragged: its rows hold lists of {min(first, other)} and "
         f"{max(first, other)} values; an embeddings column needs one length in every row",
@@ -1547,8 +1548,8 @@ def _list_values(column: _Column, array: pa.Array, scan: _ColumnScan) -> pa.Arra
     return array.flatten()
 
 
-def _missing(name: str, nulls: int) -> InvalidInputError:
-    return InvalidInputError(
+def _missing(name: str, nulls: int) -> ArrayFileError:
+    return ArrayFileError(
         "file", f"array {name!r} holds {nulls} missing (null) values; fill or drop them"
     )
 
@@ -1761,7 +1762,7 @@ def _load_stacked_columns(
 
 def _check_row_count(name: str, *, rows: int, read: int) -> None:
     if read != rows:
-        raise InvalidInputError(
+        raise ArrayFileError(
             "file",
             f"not a valid parquet file: its footer promises {rows} rows, array {name!r} has {read}",
         )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from service.blobs import BlobStore
-from service.store import Store
+from jobstate.blobs import BlobStore
+from jobstate.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -259,7 +259,7 @@ class Settings(BaseSettings):
             raise ValueError("CPU_QUEUE and GPU_QUEUE must differ")
         return self
 
-    # Webhooks (service.webhooks, workers.webhooks) -------------------------------------
+    # Webhooks (jobstate.webhooks, workers.webhooks) -------------------------------------
 
     webhook_allowed_hosts: str = Field(
         "",
@@ -314,7 +314,7 @@ class Settings(BaseSettings):
     def _webhook_settings_are_usable(self) -> Self:
         # Parsed here too, so that a malformed secret or host stops the process at start
         # rather than refusing every callback_url later.
-        from service.webhooks import parse_allowed_hosts, parse_webhook_secrets
+        from jobstate.webhooks import parse_allowed_hosts, parse_webhook_secrets
 
         parse_allowed_hosts(self.webhook_allowed_hosts)
         parse_webhook_secrets(self.webhook_secrets.get_secret_value())
