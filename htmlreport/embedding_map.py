@@ -7,18 +7,20 @@ the page never reads a set's embeddings.
 
 What is kept is exactly what the page draws: a seeded sample of at most
 :data:`MAP_MAX_POINTS` points (the suspects always in), their 2-D coordinates, their
-labels as the page prints them, and how they were projected. Only numpy is needed.
+labels as the page prints them, and how they were projected (:mod:`htmlreport.projection`).
+Only numpy is needed.
 """
 
 from __future__ import annotations
 
 import zipfile
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 import numpy as np
+
+from htmlreport.projection import project_to_2d
 
 __all__ = [
     "MAP_FILE_MAX_BYTES",
@@ -105,108 +107,6 @@ def sample_rows(
     return np.sort(np.concatenate([keep_set, extra])).astype(np.int64)
 
 
-def _one_blas_thread() -> AbstractContextManager[object]:
-    """Run small linear algebra on one BLAS thread.
-
-    The matrices here are small; OpenBLAS threads on a busy machine made the same QR
-    steps twenty times slower. threadpoolctl comes with scikit-learn; without it this
-    does nothing.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def top_components(
-    centred: np.ndarray, count: int, *, seed: int = MAP_SEED, power_iterations: int = 4
-) -> tuple[np.ndarray, np.ndarray]:
-    """The leading principal directions of centred rows, and their share of the variance.
-
-    Parameters
-    ----------
-    centred : ndarray of shape (n, d)
-        Rows with their mean removed.
-    count : int
-        How many directions.
-    seed : int
-        Seed of the random test matrix.
-    power_iterations : int
-        Subspace iterations; more sharpen directions whose variances are close.
-
-    Returns
-    -------
-    components : ndarray of shape (c, d)
-        Unit directions, ``c = min(count, n, d)`` (0 when the rows are all zero). Each is
-        signed so that its entry of largest magnitude is positive.
-    variance_share : ndarray of shape (c,)
-        The share of the total variance along each.
-
-    Notes
-    -----
-    A randomized range finder (Halko, Martinsson and Tropp 2011, algorithms 4.4 and 5.1)
-    with a few power iterations, then a numpy SVD of the small projected matrix: O(n d)
-    work where a full SVD of a tall matrix costs far more, and as exact as it for the
-    two leading components when their variances stand apart.
-
-    An SVD fixes each direction only up to its sign, and which sign comes out depends on
-    the LAPACK build and the random test matrix; the sign rule (scikit-learn's
-    ``svd_flip`` on V) makes the map the same wherever it is computed.
-    """
-    n, d = centred.shape
-    total = float(np.square(centred).sum())
-    width = min(n, d, count + 10)
-    if width == 0 or total == 0:
-        return np.zeros((0, d)), np.zeros(0)
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(centred @ rng.standard_normal((d, width)))
-    for _ in range(power_iterations):
-        basis, _ = np.linalg.qr(centred.T @ basis)
-        basis, _ = np.linalg.qr(centred @ basis)
-    _, singular, vt = np.linalg.svd(basis.T @ centred, full_matrices=False)
-    keep = min(count, vt.shape[0])
-    components = vt[:keep]
-    signs = np.sign(components[np.arange(keep), np.argmax(np.abs(components), axis=1)])
-    return components * signs[:, None], singular[:keep] ** 2 / total
-
-
-def _project(
-    sample: np.ndarray, *, seed: int, projection: str
-) -> tuple[np.ndarray, str, str, str, str]:
-    """2-D coordinates of the rows: PCA, or with ``projection="auto"`` UMAP when it is
-    importable (falling back to PCA).
-
-    Returns xy, method, x title, y title and a note about the method.
-    """
-    umap = None
-    if projection == "auto":
-        try:
-            import umap  # type: ignore[import-not-found]
-        except ImportError:
-            umap = None
-    if umap is not None and sample.shape[0] > 15:
-        try:
-            xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(sample)
-            return np.asarray(xy, dtype=np.float64), "UMAP", "UMAP 1", "UMAP 2", "UMAP"
-        except Exception:  # any UMAP failure falls back to PCA
-            pass
-    centred = sample - sample.mean(axis=0)
-    with _one_blas_thread():
-        components, share = top_components(centred, 2, seed=seed)
-    xy = np.zeros((sample.shape[0], 2))
-    xy[:, : components.shape[0]] = centred @ components.T
-    shares = [float(share[i]) if i < share.size else 0.0 for i in range(2)]
-    note = f"PCA; the two components explain {100 * (shares[0] + shares[1]):.1f} % of the variance"
-    return (
-        xy,
-        "PCA",
-        f"PC 1 ({100 * shares[0]:.1f} % of variance)",
-        f"PC 2 ({100 * shares[1]:.1f} % of variance)",
-        note,
-    )
-
-
 def compute_embedding_map(
     embeddings: np.ndarray,
     labels: np.ndarray | None = None,
@@ -253,7 +153,7 @@ def compute_embedding_map(
     # small, so float64 costs little and keeps PCA of float16 inputs accurate.
     sample = np.asarray(embeddings[rows], dtype=np.float64)
     sample = np.where(np.isfinite(sample), sample, 0.0)
-    xy, method, x_title, y_title, note = _project(sample, seed=seed, projection=projection)
+    xy, method, x_title, y_title, note = project_to_2d(sample, seed=seed, projection=projection)
     drawn_labels = None
     if labels is not None and len(labels) == n:
         drawn_labels = tuple(str(label) for label in np.asarray(labels[rows]).tolist())

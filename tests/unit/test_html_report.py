@@ -33,14 +33,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from api_schemas import AnalysisParams, Report
-from htmlreport import (
-    CONTENT_SECURITY_POLICY,
-    MAX_SUSPECT_ROWS,
-    NO_EMBEDDINGS_NOTE,
-    fmt,
-    nice_ticks,
-    render_report_html,
-)
+from htmlreport import CONTENT_SECURITY_POLICY, NO_EMBEDDINGS_NOTE, render_report_html
 from htmlreport import embedding_map as report_map
 from htmlreport.embedding_map import (
     MAP_MAX_POINTS,
@@ -48,9 +41,12 @@ from htmlreport.embedding_map import (
     compute_embedding_map,
     read_embedding_map,
     sample_rows,
-    top_components,
     write_embedding_map,
 )
+from htmlreport.projection import top_components
+from htmlreport.sections.set_detail import MAX_SUSPECT_ROWS
+from htmlreport.svg import nice_ticks
+from htmlreport.text import fmt
 from workers.geometry import EmbeddingSet, analyze
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
