@@ -24,3 +24,41 @@ class ArrayFileError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class ArrayTooLargeError(ArrayFileError):
+    """An array, or the metadata describing it, larger than the caller's limit.
+
+    Raised before any data are read when the file declares the size, and as soon as the
+    count passes the limit when the size shows only while decompressing.
+
+    Parameters
+    ----------
+    array : str
+        The array's name (for metadata: what it describes, e.g. ``"the safetensors
+        header"``, with ``subject`` set).
+    limit : int
+        The ``max_array_bytes`` that was passed.
+    size : int, optional
+        The bytes declared, when the file declares them; None when the count stopped at
+        the limit.
+    subject : str, optional
+        How the message names the oversized thing; default ``"array '<name>'"``.
+
+    Attributes
+    ----------
+    array, limit, size
+        As given.
+    """
+
+    def __init__(
+        self, array: str, *, limit: int, size: int | None = None, subject: str | None = None
+    ) -> None:
+        what = subject or f"array {array!r}"
+        amount = f"{size} bytes, more than" if size is not None else "more than"
+        super().__init__(
+            "file", f"{what} takes {amount} the limit of {limit} bytes once decompressed"
+        )
+        self.array = array
+        self.limit = limit
+        self.size = size

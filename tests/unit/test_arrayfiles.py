@@ -10,6 +10,7 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import psutil
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import save_file
 
+from api_schemas.datasets import MODEL_FORMATS, DatasetFormat
 from arrayfiles import (
     FORMATS,
     ArrayStats,
@@ -111,6 +113,14 @@ def assert_refused(path: Path, fmt: str, *, field: str = "file", match: str) -> 
 def test_detect_format_reads_the_suffix(file_name: str, fmt: str) -> None:
     assert detect_format(Path("some/dir") / file_name) == fmt
     assert fmt in FORMATS
+
+
+def test_formats_read_are_the_array_formats_the_api_accepts() -> None:
+    # The API takes uploads of any DatasetFormat and hands the non-model ones to
+    # arrayfiles: a format added on one side only would be accepted and then fail.
+    array_formats = [fmt for fmt in get_args(DatasetFormat) if fmt not in MODEL_FORMATS]
+
+    assert sorted(FORMATS) == sorted(array_formats)
 
 
 def test_detect_format_refuses_unknown_suffix_and_names_the_formats() -> None:
@@ -800,8 +810,6 @@ def test_array_stats_refuses_chunk_rows_below_one() -> None:
 
 
 def test_reading_every_format_imports_neither_torch_nor_pandas(tmp_path: Path) -> None:
-    # Only what this module adds is checked: the error class lives in workers.geometry,
-    # whose package __init__ may import torch for the engine.
     for fmt in FORMATS:
         write_valid_file(tmp_path / f"emb.{fmt}", fmt)
     # pyarrow imports pandas on its own when pandas is installed; reading must work
@@ -809,7 +817,6 @@ def test_reading_every_format_imports_neither_torch_nor_pandas(tmp_path: Path) -
     script = (
         "import sys\n"
         "sys.modules['pandas'] = None\n"
-        "import jobstate.errors\n"
         "before = set(sys.modules)\n"
         "from arrayfiles import FORMATS, inspect_arrays, load_array\n"
         "for fmt in FORMATS:\n"
@@ -817,7 +824,7 @@ def test_reading_every_format_imports_neither_torch_nor_pandas(tmp_path: Path) -
         "    inspect_arrays(path, fmt=fmt)\n"
         "    load_array(path, fmt=fmt)\n"
         "added = {name.split('.')[0] for name in set(sys.modules) - before}\n"
-        "print(sorted(added & {'torch'}))\n"
+        "print(sorted(added & {'torch', 'jobstate', 'workers', 'service', 'nnkgeo'}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],

@@ -8,7 +8,9 @@ declared size can lie. Each expectation is computed independently: numpy's ``nby
 
 from __future__ import annotations
 
+import importlib
 import io
+import pkgutil
 import subprocess
 import sys
 import zipfile
@@ -22,6 +24,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import arrayfiles
+import arrayfiles.npz
 from arrayfiles import (
     ArrayTooLargeError,
     array_stats,
@@ -34,6 +37,21 @@ from tests.security import bombs
 from tests.unit.test_arrayfiles import bfloat16_words, peak_rss_growth, write_raw_safetensors
 
 MIB = 1 << 20
+
+
+def read_in_chunks_of(monkeypatch: pytest.MonkeyPatch, nbytes: int) -> None:
+    """Make every reader of the package read ``nbytes`` at a time.
+
+    Each module that reads in chunks binds ``CHUNK_BYTES`` by name, so the constant is
+    patched wherever it is bound, not only where it is defined.
+    """
+    patched = []
+    for module_info in pkgutil.iter_modules(arrayfiles.__path__):
+        module = importlib.import_module(f"arrayfiles.{module_info.name}")
+        if hasattr(module, "CHUNK_BYTES"):
+            monkeypatch.setattr(module, "CHUNK_BYTES", nbytes)
+            patched.append(module_info.name)
+    assert patched, "no arrayfiles module reads in chunks of CHUNK_BYTES"
 
 
 def write(path: Path, content: bytes) -> Path:
@@ -231,13 +249,13 @@ def test_counting_reader_yields_what_zlib_inflates_and_stops_past_its_allowance(
     archive_bytes = bombs.zip_archive([member])
 
     with zipfile.ZipFile(io.BytesIO(archive_bytes)) as archive, archive.open("a.npy") as raw:
-        reader = arrayfiles._CountingReader(raw, allowance=None, name="a", limit=None)
+        reader = arrayfiles.npz._CountingReader(raw, allowance=None, name="a", limit=None)
         read = b"".join(iter(lambda: reader.read(64 << 10), b""))
     assert read == inflated
     assert reader.count == len(inflated) == stream.inflated_bytes
 
     with zipfile.ZipFile(io.BytesIO(archive_bytes)) as archive, archive.open("a.npy") as raw:
-        reader = arrayfiles._CountingReader(raw, allowance=MIB, name="a", limit=MIB)
+        reader = arrayfiles.npz._CountingReader(raw, allowance=MIB, name="a", limit=MIB)
         with pytest.raises(ArrayTooLargeError) as caught:
             while reader.read(64 << 10):
                 pass
@@ -458,7 +476,7 @@ def test_scan_counts_zero_rows_as_numpy_does_in_float32(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, dtype: str
 ) -> None:
     # Chunks of 40 bytes split rows of 7 values anywhere: the count must not care.
-    monkeypatch.setattr(arrayfiles, "_CHUNK_BYTES", 40)
+    read_in_chunks_of(monkeypatch, 40)
     array = embeddings_with_zero_rows(dtype)
     name = "array" if fmt == "npy" else "embeddings"
     path = save(tmp_path / f"e.{fmt}", fmt, {name: array}, compressed=True)
@@ -474,7 +492,7 @@ def test_scan_counts_zero_rows_as_numpy_does_in_float32(
 def test_scan_counts_zero_rows_of_fortran_ordered_npy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(arrayfiles, "_CHUNK_BYTES", 24)
+    read_in_chunks_of(monkeypatch, 24)
     array = np.asfortranarray(embeddings_with_zero_rows("float64"))
     path = tmp_path / "f.npy"
     np.save(path, array)
