@@ -45,7 +45,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     stack.root.mkdir(parents=True, exist_ok=True)
     try:
         stack.start_redis()
-        client = redis.Redis.from_url(stack.redis_url)
+        # The store reads every reply as str, as its own `Store.from_settings` client does.
+        client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
         job_store = Store(client, result_ttl_s=600, job_ttl_s=600, idempotency_ttl_s=600)
         yield job_store
         job_store.close()

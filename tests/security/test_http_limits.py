@@ -31,7 +31,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from jobstate.blobs import BlobStore
-from jobstate.store import ACTIVE_JOB_ADMISSION_GRACE_S, Store
+from jobstate.store import ACTIVE_JOB_ADMISSION_GRACE_S
+from jobstate.store.keys import active_jobs_key
 from service.datasets import MAX_ARRAY_NAME_CHARS, MAX_ARRAYS_PER_UPLOAD
 from service.http_protocol import MAX_HEADER_BYTES
 from tests.integration.helpers import (
@@ -375,7 +376,7 @@ def test_a_counted_job_that_was_never_stored_does_not_hold_the_quota_forever(
     # What a submission that died between its admission and storing its job leaves.
     stale_since = time.time() - ACTIVE_JOB_ADMISSION_GRACE_S - 1
     redis.Redis.from_url(bounded_stack.redis_url).zadd(
-        Store._active_jobs_key("alpha"), {"job_died_before_it_was_stored": stale_since}
+        active_jobs_key("alpha"), {"job_died_before_it_was_stored": stale_since}
     )
     with bounded_stack.client("alpha") as alpha:
         dataset = upload_array(alpha, _rng_array(3, (40, 8)))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from jobstate.store import PREFIX
+from jobstate.store.keys import job_key
 from tests.integration.helpers import assert_problem, submit, upload, upload_array, wait_for_status
 from tests.integration.stack import ServiceStack
 
@@ -117,7 +117,7 @@ def test_a_wrong_estimate_fails_one_attempt_saying_memory(
     assert job["error"]["type"].endswith(":memory"), job["error"]
     assert "ran out of memory" in job["error"]["detail"]
     attempts = redis.Redis.from_url(security_stack.redis_url).hget(
-        f"{PREFIX}t:alpha:job:{job['id']}", "attempts"
+        job_key("alpha", job["id"]), "attempts"
     )
     # One attempt did the work; a second delivery, if its process died, only ends the job.
     assert int(attempts) <= 2

@@ -1,0 +1,70 @@
+"""The store's key layout and its client contract, without a Redis server.
+
+The key names are a storage format: records written before an upgrade must be found
+after it, so each name is pinned here as `jobstate.store.keys` documents it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import redis
+
+from jobstate.store import Store
+from jobstate.store import keys as store_keys
+
+TENANT = "alpha"
+JOB_ID = "j0001"
+
+
+@pytest.mark.parametrize(
+    ("key", "documented"),
+    [
+        (store_keys.dataset_key(TENANT, "d1"), "nnkgeo:t:alpha:dataset:d1"),
+        (store_keys.dataset_pins_key(TENANT, "d1"), "nnkgeo:t:alpha:dataset:d1:jobs"),
+        (store_keys.blob_datasets_key("ab" * 32), f"nnkgeo:blob:{'ab' * 32}:datasets"),
+        (store_keys.GRAPH_BLOBS_KEY, "nnkgeo:blobs:graphs"),
+        (store_keys.blob_lock_key("ab" * 32), f"nnkgeo:lock:blob:{'ab' * 32}"),
+        (store_keys.job_key(TENANT, JOB_ID), "nnkgeo:t:alpha:job:j0001"),
+        (store_keys.run_key(TENANT, JOB_ID, 2), "nnkgeo:t:alpha:job:j0001:run:2"),
+        (store_keys.webhook_key(TENANT, JOB_ID), "nnkgeo:t:alpha:job:j0001:webhook"),
+        (store_keys.attempt_memory_key(TENANT, JOB_ID), "nnkgeo:t:alpha:job:j0001:memory"),
+        (store_keys.job_index_key(TENANT), "nnkgeo:t:alpha:jobs"),
+        (store_keys.result_key(TENANT, JOB_ID), "nnkgeo:t:alpha:result:j0001"),
+        (store_keys.result_cache_key(TENANT, "c" * 64), f"nnkgeo:t:alpha:cache:{'c' * 64}"),
+        (store_keys.stored_bytes_key(TENANT), "nnkgeo:t:alpha:stored_bytes"),
+        (store_keys.active_jobs_key(TENANT), "nnkgeo:t:alpha:active_jobs"),
+        (store_keys.JOBS_SUBMITTED_KEY, "nnkgeo:metrics:jobs_submitted"),
+        (store_keys.JOBS_FINISHED_KEY, "nnkgeo:metrics:jobs_finished"),
+        (store_keys.job_duration_key("failed"), "nnkgeo:metrics:job_duration:failed"),
+    ],
+)
+def test_every_key_is_named_as_the_layout_documents(key: str, documented: str) -> None:
+    assert key == documented
+
+
+def test_idempotency_key_names_the_hash_of_the_clients_key_never_its_text() -> None:
+    client_key = "order 17: {retry}"
+
+    key = store_keys.idempotency_key(TENANT, client_key)
+
+    assert key == f"nnkgeo:t:alpha:idempotency:{hashlib.sha256(client_key.encode()).hexdigest()}"
+    assert client_key not in key
+
+
+def test_store_refuses_a_client_that_returns_bytes() -> None:
+    # Constructing a client opens no connection, so no server is needed here.
+    bytes_client = redis.Redis()
+
+    with pytest.raises(ValueError, match="decode_responses=True"):
+        Store(bytes_client, result_ttl_s=60, job_ttl_s=60, idempotency_ttl_s=60)
+
+
+def test_store_accepts_a_client_that_decodes_replies() -> None:
+    store = Store(
+        redis.Redis(decode_responses=True), result_ttl_s=60, job_ttl_s=120, idempotency_ttl_s=30
+    )
+
+    assert (store.result_ttl_s, store.job_ttl_s, store.idempotency_ttl_s) == (60, 120, 30)
+    store.close()
