@@ -17,12 +17,17 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin nnkgeo \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# Every package that pyproject.toml's [tool.setuptools.packages.find] includes.
 COPY api_schemas ./api_schemas
+COPY jobstate ./jobstate
+COPY arrayfiles ./arrayfiles
+COPY htmlreport ./htmlreport
 COPY service ./service
 COPY workers ./workers
 COPY modelcheck ./modelcheck
 COPY nnkgeo ./nnkgeo
-RUN pip install .
+# [server]: the API and the workers, with the engine (the torch above satisfies its pin).
+RUN pip install '.[server]'
 
 USER nnkgeo
 ENV NNKGEO_DATA_DIR=/data

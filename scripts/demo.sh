@@ -29,9 +29,11 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$python" -m venv .venv 2>/dev/null || { apt_install python3-venv && "$python" -m venv .venv; }
 fi
-if ! .venv/bin/python -m pip show nnkgeo >/dev/null 2>&1; then
-  log "installing nnkgeo into .venv (first run: torch and friends, a few minutes)"
-  { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e .; } \
+# [server]: the API, the workers and their engine; scikit-learn (in it) embeds the demo's
+# data. A .venv with the client alone (plain `pip install nnkgeo`) gets the extra too.
+if ! .venv/bin/python -c 'import nnkgeo, fastapi, celery, torch, sklearn' >/dev/null 2>&1; then
+  log "installing nnkgeo[server] into .venv (first run: torch and friends, a few minutes)"
+  { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[server]'; } \
     >"$demo_dir/pip.log" 2>&1 || { tail -n 30 "$demo_dir/pip.log"; die "pip install failed"; }
 fi
 command -v curl >/dev/null || apt_install curl || die "curl is needed"

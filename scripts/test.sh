@@ -17,7 +17,8 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv 2>/dev/null || { apt_install python3-venv && "$python" -m venv .venv; }
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# torch is pinned to the CPU build in pyproject.toml; a looser pin would pull CUDA.
+# [test] is everything: the server (with the engine), mlflow and the test tools. torch
+# is pinned exactly in the engine extra; a looser pin would pull a CUDA build.
 .venv/bin/python -m pip install -q -e '.[test]'
 
 command -v redis-server >/dev/null || apt_install redis-server

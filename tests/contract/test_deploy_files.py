@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,22 @@ def test_dockerfile_runs_as_a_non_root_user_on_python_3_11_slim(dockerfile) -> N
     assert any(
         "torch==2.13.0" in arguments for keyword, arguments in dockerfile if keyword == "RUN"
     )
+
+
+def test_the_image_copies_every_package_and_installs_the_server_extra(dockerfile) -> None:
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    included = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.split(".")[0].rstrip("*") for pattern in included}
+    copied = {arguments.split()[0] for keyword, arguments in dockerfile if keyword == "COPY"}
+    installs = [
+        arguments
+        for keyword, arguments in dockerfile
+        if keyword == "RUN" and "pip install" in arguments
+    ]
+
+    assert packages <= copied, packages - copied
+    assert any("pip install '.[server]'" in arguments for arguments in installs), installs
+    assert "nnkgeo[engine]" in pyproject["project"]["optional-dependencies"]["server"]
 
 
 def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> None:

@@ -1,13 +1,12 @@
 """The service subcommands of ``nnkgeo`` (`nnkgeo.cli.remote`) against the real service.
 
-Commands run in-process through the same parser users get (``nnkgeo.cli`` once it
-includes them, else ``remote_cli.main``), with their stdout, stderr and exit status
-checked; one test runs the installed entry point in a subprocess.
+Commands run in-process through the same parser users get (``nnkgeo.cli.main``), with
+their stdout, stderr and exit status checked; one test runs ``python -m nnkgeo`` in a
+subprocess.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -22,20 +21,13 @@ import pytest
 import scipy.sparse as sp
 
 from api_schemas import DatasetOut, JobList, JobOut, Report
-from nnkgeo.cli import remote as remote_cli
+from nnkgeo.cli import main
 from nnkgeo.client import Client
 from tests.integration.stack import REPO_ROOT, TENANT_KEYS, ServiceStack
 
 pytestmark = pytest.mark.integration
 
 ALPHA_KEY = TENANT_KEYS["alpha"]
-
-
-def _wired_into_nnkgeo() -> bool:
-    """Whether ``nnkgeo``'s own parser has these commands (it adds them in build_parser)."""
-    from nnkgeo import cli
-
-    return "add_remote_commands" in inspect.getsource(cli.build_parser)
 
 
 @dataclass(frozen=True)
@@ -56,10 +48,6 @@ def connection(stack: ServiceStack) -> list[str]:
 @pytest.fixture
 def nnkgeo(capsys: pytest.CaptureFixture[str]):
     """Run ``nnkgeo ARGS...`` in-process; returns its exit status and output."""
-    if _wired_into_nnkgeo():
-        from nnkgeo.cli import main
-    else:
-        main = remote_cli.main
 
     def run(*argv: str) -> Outcome:
         capsys.readouterr()
@@ -424,7 +412,6 @@ def test_the_nnkgeo_command_runs_them_with_the_environments_settings(
     stack: ServiceStack, digits_report: Path
 ) -> None:
     job_id = Report.model_validate_json(digits_report.read_text()).job_id
-    module = "nnkgeo" if _wired_into_nnkgeo() else "nnkgeo.cli.remote"
     environment = {
         **os.environ,
         "NNKGEO_URL": stack.base_url,
@@ -433,7 +420,7 @@ def test_the_nnkgeo_command_runs_them_with_the_environments_settings(
     }
 
     status = subprocess.run(
-        [sys.executable, "-m", module, "status", job_id, "--json"],
+        [sys.executable, "-m", "nnkgeo", "status", job_id, "--json"],
         cwd=REPO_ROOT,
         env=environment,
         capture_output=True,
