@@ -163,6 +163,11 @@ class JobRecord(BaseModel):
     )
 
 
+PAGE_MAP_MAX_POINTS = 3000
+"""A set's 2-D map on the report page draws at most this many points (a seeded sample,
+the suspects always in): the worker draws it so, and the API documents it."""
+
+
 class GraphFiles(BaseModel):
     """The blobs made for one set: its graphs (scipy.sparse.save_npz files) and the 2-D
     map its report page draws (`htmlreport.embedding_map`).
@@ -185,11 +190,26 @@ class GraphFiles(BaseModel):
 
 
 class ResultRecord(BaseModel):
+    """A job's result: its report, each set's blobs, and its report page.
+
+    ``id`` is the id of the job that made it; a cached job names another job's result.
+    """
+
     id: str
     report_json: str
     etag: str
     graphs: dict[str, GraphFiles]
     created_at: datetime
+    page: str | None = Field(
+        None,
+        description="The report page's blob (UTF-8 HTML), drawn by the worker for job `id`; "
+        "None in results made before the worker drew pages.",
+    )
+
+    def blob_sha256s(self) -> list[str]:
+        """Every blob the result names (graphs, maps, page), to keep them alive together."""
+        graph_blobs = [sha for files in self.graphs.values() for sha in files.sha256s()]
+        return graph_blobs if self.page is None else [*graph_blobs, self.page]
 
 
 class SetBlocks(BaseModel):

@@ -3,4 +3,6 @@
 # Bump when a change alters any number a report holds: the result cache keys on it.
 # 2: sets with more than 1,000 classes list the 1,000 largest per class; solve blocks are
 #    chosen from the job's memory budget.
-ALGORITHM_VERSION = "2"
+# 3: the worker draws the report page and stores it with the result; results made before
+#    have no page, and the cache must not answer with one of them.
+ALGORITHM_VERSION = "3"

@@ -1,101 +1,71 @@
 """The report page the service serves at ``GET /v1/jobs/{id}/report.html``.
 
-The page itself is drawn by :mod:`htmlreport`, the same renderer as
-``nnkgeo analyze --html``: one self-contained file with inline SVG plots that loads
-nothing from anywhere, served with a Content-Security-Policy that forbids it, so it can
-be saved and opened offline.
+The worker draws the page once, at the end of the job (`workers.report_page`), and
+stores it as a blob that the result names (`ResultRecord.page`): the API reads that
+blob, and neither reads embeddings nor imports the renderer. The page is one
+self-contained file with inline SVG plots that loads nothing from anywhere, served with
+a Content-Security-Policy that forbids it, so it can be saved and opened offline.
 
-Each set's 2-D map was computed once by the worker at the end of the job and stored as
-a small blob next to the set's graphs (:mod:`htmlreport.embedding_map`, at most a few thousand
-points): the API reads that blob and never a set's embeddings. The page is rendered on
-each request rather than stored whole because a cached job's page names the job that
-was asked for, not the one that made the result.
+A cached job's result was made by another job: its page names that job, and the page
+served names the job that was asked for.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-
-from api_schemas import Report
-from htmlreport import CONTENT_SECURITY_POLICY, EmbeddingMap
-from htmlreport import render_report_html as _render
-from htmlreport.embedding_map import read_embedding_map
 from jobstate.blobs import BlobStore
-from jobstate.records import GraphFiles
+from jobstate.records import ResultRecord
+from service.errors import ProblemError
 
-__all__ = ["CONTENT_SECURITY_POLICY", "ReportPage", "load_report_page", "render_report_html"]
+CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
+"""What the page may load: nothing but its own inline styles.
 
-NO_STORED_MAP_NOTE = (
-    "Not available: no 2-D map was stored with this report (reports made before the"
-    " service stored maps have none)."
-)
-MAP_GONE_NOTE = "Not available: the file of this set's 2-D map has expired."
-MAP_UNREADABLE_NOTE = "Not available: the stored 2-D map could not be read."
+The policy the page declares in its own ``<meta>`` (`htmlreport.CONTENT_SECURITY_POLICY`,
+which the API does not import); tests/integration/test_report_page.py checks they agree.
+"""
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReportPage:
-    """What the page of one report draws: the report, and each set's map or a note."""
-
-    report: Report
-    maps: dict[str, EmbeddingMap]
-    map_notes: dict[str, str]
+PAGE_NOT_STORED_SLUG = "report-page-not-stored"
 
 
-def load_report_page(
-    report: Report, graphs: Mapping[str, GraphFiles], blobs: BlobStore
-) -> ReportPage:
-    """The report with the stored 2-D map of each of its sets, or the note on why a set
-    has none.
+def read_report_page(result: ResultRecord, blobs: BlobStore, *, job_id: str) -> bytes:
+    """The stored page of ``result``, naming job ``job_id`` (UTF-8 HTML).
 
     Parameters
     ----------
-    report : Report
-        The job's report.
-    graphs : mapping of set name to GraphFiles
-        The result's blobs by set; ``map`` names the set's map blob.
+    result : ResultRecord
+        The result of job ``job_id`` (made by job ``result.id``).
     blobs : BlobStore
-        Where the blobs are.
+        Where the page is.
+    job_id : str
+        The job asked for; a job id (`jobstate.records.JOB_ID_PATTERN`), as is
+        ``result.id``, so that one stands in for the other with no escaping.
 
     Returns
     -------
-    ReportPage
-        ``maps`` holds the sets with a readable map; ``map_notes`` the note each other
-        set's map figure shows instead.
+    bytes
+
+    Raises
+    ------
+    ProblemError
+        404 when the result was stored without a page (before the worker drew them);
+        410 when the page's file has expired.
     """
-    maps: dict[str, EmbeddingMap] = {}
-    notes: dict[str, str] = {}
-    for set_report in report.sets:
-        name = set_report.name
-        files = graphs.get(name)
-        if files is None or files.map is None:
-            notes[name] = NO_STORED_MAP_NOTE
-            continue
-        try:
-            # read_embedding_map bounds what it inflates (MAP_FILE_MAX_BYTES).
-            with blobs.path_of(files.map).open("rb") as file:
-                maps[name] = read_embedding_map(file)
-        except FileNotFoundError:
-            notes[name] = MAP_GONE_NOTE
-        except (OSError, ValueError) as error:
-            logger.error("the map blob %s of set %r cannot be read: %s", files.map, name, error)
-            notes[name] = MAP_UNREADABLE_NOTE
-    return ReportPage(report=report, maps=maps, map_notes=notes)
-
-
-def render_report_html(page: ReportPage, *, job_id: str) -> str:
-    """The page of job ``job_id``'s report.
-
-    A cached job's report is the stored one, made for another job id: the page names
-    the job that was asked for.
-    """
-    report = page.report
-    if report.job_id != job_id:
-        report = report.model_copy(update={"job_id": job_id})
-    return _render(
-        report, maps=page.maps, map_notes=page.map_notes, title=f"nnkgeo report {job_id}"
-    )
+    if result.page is None:
+        raise ProblemError(
+            404,
+            f"The report page of job {job_id} was not stored: its result was made before "
+            "the service stored report pages. Submit the job again for a page; its JSON "
+            "report is still served.",
+            slug=PAGE_NOT_STORED_SLUG,
+            title="Report page not stored",
+        )
+    try:
+        page = blobs.path_of(result.page).read_bytes()
+    except FileNotFoundError:
+        raise ProblemError(
+            410, f"The report page of job {job_id} has expired.", slug="result-expired"
+        ) from None
+    if result.id == job_id:
+        return page
+    # The page names the job that made the result; the maker's id was drawn at random
+    # after its inputs were fixed, so it occurs in the page only where it names the job.
+    return page.replace(result.id.encode("ascii"), job_id.encode("ascii"))

@@ -49,7 +49,7 @@ from jobstate.version import ALGORITHM_VERSION
 from jobstate.webhooks import WebhookPolicy, webhook_out
 from service.auth import Tenant
 from service.errors import ProblemError, invalid_input, not_found
-from service.html import ReportPage, load_report_page
+from service.html import read_report_page
 from service.model_jobs import resolve_model_job
 
 GraphKind = Literal["symmetric", "directed"]
@@ -529,14 +529,10 @@ class JobService:
     def report_model(self, *, tenant: Tenant, job_id: str) -> Report:
         return Report.model_validate_json(self.report(tenant=tenant, job_id=job_id).json)
 
-    def report_page(self, *, tenant: Tenant, job_id: str) -> ReportPage:
-        """The report with each set's 2-D map, as the worker stored it (`service.html`).
-
-        Reads the small map blobs only, never the embeddings.
-        """
+    def report_page(self, *, tenant: Tenant, job_id: str) -> bytes:
+        """The report page the worker drew, naming job ``job_id`` (`service.html`)."""
         _, result = self._result(tenant, job_id)
-        report = Report.model_validate_json(result.report_json)
-        return load_report_page(report, result.graphs, self._blobs)
+        return read_report_page(result, self._blobs, job_id=job_id)
 
     def graph_file(self, *, tenant: Tenant, job_id: str, set_name: str, kind: GraphKind) -> Path:
         _, result = self._result(tenant, job_id)

@@ -21,7 +21,7 @@ they are used in a key.
                                   attempt's memory estimate and how its process died
                                   (`AttemptMemory`); TTL JOB_TTL_S
     t:{t}:jobs                    zset of job ids, all scores 0 (ids sort by creation time)
-    t:{t}:result:{id}             hash {report, etag, graphs, created_at}; TTL RESULT_TTL_S
+    t:{t}:result:{id}             hash {report, etag, graphs, created_at, page}; TTL RESULT_TTL_S
     t:{t}:cache:{cache_key}       string, result id; TTL RESULT_TTL_S
     t:{t}:idempotency:{sha(key)}  string {"body", "job"} JSON; TTL IDEMPOTENCY_TTL_S
     t:{t}:stored_bytes            string, the sum of size_bytes over the tenant's dataset

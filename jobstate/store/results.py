@@ -33,6 +33,7 @@ class ResultStore(BlobReferenceStore):
                     graphs_json,
                     result.created_at.isoformat(),
                     self.result_ttl_s,
+                    result.page or "",
                 ],
             )
             return bool(stored)
@@ -44,6 +45,7 @@ class ResultStore(BlobReferenceStore):
                     "etag": result.etag,
                     "graphs": graphs_json,
                     "created_at": result.created_at.isoformat(),
+                    "page": result.page or "",
                 },
             )
             pipe.expire(key, self.result_ttl_s)
@@ -63,6 +65,7 @@ class ResultStore(BlobReferenceStore):
                 for name, files in json.loads(fields["graphs"]).items()
             },
             created_at=datetime.fromisoformat(fields["created_at"]),
+            page=fields.get("page") or None,
         )
 
     def remember_result(self, tenant: str, cache_key: str, result_id: str) -> None:
@@ -80,7 +83,5 @@ class ResultStore(BlobReferenceStore):
             pipe.expire(result_cache_key(tenant, cache_key), self.result_ttl_s)
             pipe.expire(result_key(tenant, result_id), self.result_ttl_s)
             pipe.execute()
-        self.register_graph_blobs(
-            sha for files in result.graphs.values() for sha in files.sha256s()
-        )
+        self.register_graph_blobs(result.blob_sha256s())
         return result

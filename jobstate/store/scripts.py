@@ -185,12 +185,12 @@ return {'start', redis.call('HINCRBY', KEYS[2], 'deliveries:assemble', 1)}
 """
 
 # KEYS: result.
-# ARGV: report, etag, graphs JSON, created_at, TTL.
+# ARGV: report, etag, graphs JSON, created_at, TTL, page blob sha256 ('' = none).
 # Reply: 1 (stored) or 0 (a result exists already, and stays).
 PUT_RESULT_ONCE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'report', ARGV[1], 'etag', ARGV[2], 'graphs', ARGV[3],
-           'created_at', ARGV[4])
+           'created_at', ARGV[4], 'page', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """

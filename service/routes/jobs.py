@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api_schemas import JobCreate, JobList, JobOut, Report
-from htmlreport.embedding_map import MAP_MAX_POINTS
+from jobstate.problems import problem_type
+from jobstate.records import PAGE_MAP_MAX_POINTS
 from service.deps import CurrentTenant, JobServiceDep
 from service.errors import media_type_of, problem_responses, unsupported_media_type
-from service.html import CONTENT_SECURITY_POLICY, render_report_html
+from service.html import CONTENT_SECURITY_POLICY, PAGE_NOT_STORED_SLUG
 from service.jobs import RETRY_AFTER_S, GraphKind
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -154,21 +155,28 @@ def get_report(
     return Response(content=report.json, media_type="application/json", headers=headers)
 
 
+_REPORT_PAGE_PROBLEMS = problem_responses(401, 404, 409, 410)
+# The page's 404 has a second cause, which the client can remedy.
+_REPORT_PAGE_PROBLEMS[404]["description"] = (
+    f"No such job for this tenant; or (`{problem_type(PAGE_NOT_STORED_SLUG)}`) its result "
+    "was stored without a page, before the service stored report pages: submit the job again."
+)
+
+
 @router.get(
     "/{job_id}/report.html",
     response_class=HTMLResponse,
     summary="The report as a self-contained HTML page",
     description=(
-        "Drawn from the stored report and each set's 2-D map, computed once by the worker"
-        f" (a seeded sample of at most {MAP_MAX_POINTS:,} points); the embeddings are not"
-        " read again."
+        "Drawn once by the worker at the end of the job, from the report and each set's 2-D"
+        f" map (a seeded sample of at most {PAGE_MAP_MAX_POINTS:,} points), and stored with"
+        " the result."
     ),
-    responses=problem_responses(401, 404, 409, 410),
+    responses=_REPORT_PAGE_PROBLEMS,
 )
 def get_report_html(job_id: JobId, tenant: CurrentTenant, jobs: JobServiceDep) -> HTMLResponse:
-    page = jobs.report_page(tenant=tenant, job_id=job_id)
     return HTMLResponse(
-        render_report_html(page, job_id=job_id),
+        jobs.report_page(tenant=tenant, job_id=job_id),
         headers={
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             "Cache-Control": _CACHE_CONTROL,

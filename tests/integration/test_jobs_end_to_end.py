@@ -164,6 +164,12 @@ def test_identical_inputs_are_answered_from_the_cache(
     assert replayed.headers["etag"] == original.headers["etag"]
     graph = alpha.get(cached["links"]["graphs"]["digits"])
     assert graph.content == alpha.get(finished_job["links"]["graphs"]["digits"]).content
+    # The page names the job asked for, not the one whose result it shows.
+    original_page = alpha.get(finished_job["links"]["report_html"]).text
+    cached_page = alpha.get(cached["links"]["report_html"]).text
+    assert f"nnkgeo report {cached['id']}" in cached_page
+    assert finished_job["id"] not in cached_page
+    assert cached_page.replace(cached["id"], finished_job["id"]) == original_page
 
 
 def test_changed_params_are_not_a_cache_hit(

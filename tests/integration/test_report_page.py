@@ -5,10 +5,12 @@ The unit tests check the renderer on a file; this checks the page a user gets fr
 header in force: it draws a two-set job with string labels (markup among them), makes no
 request but for itself, and logs no error.
 
-Each set's 2-D map is computed once by the worker and stored as a small blob beside the
-set's graphs: the page draws exactly the map the embeddings give in-process, the API
-reads no embeddings for it (its memory barely moves), an embed job's page has its maps,
-the blob lives and dies with the result, and a result stored without maps still renders.
+The worker computes each set's 2-D map once, stores it as a small blob beside the set's
+graphs, draws the page and stores it with the result: the page draws exactly the map the
+embeddings give in-process, the API reads no embeddings for it (its memory barely
+moves), an embed job's page has its maps, the map and page blobs live and die with the
+result, a set without a map says so, and a result stored without a page answers a
+problem that says to submit the job again.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from safetensors.numpy import save as safetensors_bytes
 
 from api_schemas import Report
 from api_schemas.models import MLPModel
-from htmlreport import render_report_html
-from htmlreport.embedding_map import EmbeddingMap, read_embedding_map
-from service.html import NO_STORED_MAP_NOTE
-from tests.integration.helpers import submit, upload, upload_array, wait_for_status
+from htmlreport import CONTENT_SECURITY_POLICY, render_report_html
+from htmlreport.embedding_map import MAP_MAX_POINTS, EmbeddingMap, read_embedding_map
+from jobstate.records import PAGE_MAP_MAX_POINTS
+from tests.integration.helpers import assert_problem, submit, upload, upload_array, wait_for_status
 from tests.integration.stack import ServiceStack, wait_until
 from tests.unit.test_html_report import (
     DevTools,
@@ -94,8 +96,14 @@ def test_served_page_shows_both_sets_escaped(alpha: httpx.Client, two_set_job: d
     response = alpha.get(two_set_job["links"]["report_html"])
 
     assert response.status_code == 200
-    assert response.headers["content-security-policy"].startswith("default-src 'none'")
     page = response.text
+    # The API sends the policy the page declares, without importing the renderer.
+    (declared,) = [
+        e.attrs["content"]
+        for e in parse(page).iter()
+        if e.tag == "meta" and e.attrs.get("http-equiv") == "Content-Security-Policy"
+    ]
+    assert response.headers["content-security-policy"] == declared == CONTENT_SECURITY_POLICY
     text = parse(page).text()
     assert f"nnkgeo report {two_set_job['id']}" in text
     for set_report in report["sets"]:
@@ -126,7 +134,7 @@ def test_served_page_loads_in_chromium_without_errors_or_requests(
 
 
 # --------------------------------------------------------------------------------------
-# The map: computed once by the worker, stored with the result, read by the API
+# The map and the page: made once by the worker, stored with the result, read by the API
 
 
 def _result_files(stack: ServiceStack, tenant: str, result_id: str) -> dict[str, dict]:
@@ -160,7 +168,9 @@ def test_served_map_is_the_pca_of_the_set_and_the_page_the_local_one(
     assert stored.labels == tuple(labels.tolist())
     expected = reference_pca_map(pixels.astype(np.float64))
     assert np.all(np.abs(stored.xy - expected).max(axis=0) < 1e-3 * np.ptp(expected, axis=0))
-    # The served page is the very page `nnkgeo analyze --html` draws from the embeddings.
+    # The served page is the very page `nnkgeo analyze --html` draws from the embeddings,
+    # whose maps draw as many points.
+    assert PAGE_MAP_MAX_POINTS == MAP_MAX_POINTS
     local = render_report_html(
         report,
         embeddings={name: two_sets[name] for name in ("pixels", "pca-16")},
@@ -269,7 +279,26 @@ def test_embed_job_page_has_its_maps(alpha: httpx.Client, stack: ServiceStack) -
         assert _stored_map(stack, files[name]["map"]).rows.size == 1797
 
 
-def test_result_stored_without_maps_still_renders_with_a_note(
+def test_set_whose_map_could_not_be_made_shows_a_note_in_its_place(
+    alpha: httpx.Client, two_set_job: dict, stack: ServiceStack
+) -> None:
+    from workers.report_page import NO_MAP_NOTE, render_report_page
+
+    report = Report.model_validate(alpha.get(two_set_job["links"]["report"]).json())
+    files = _result_files(stack, "alpha", two_set_job["id"])
+    pixels_map = _blob_path(stack, files["pixels"]["map"]).read_bytes()
+
+    page = render_report_page(report, {"pixels": pixels_map}).decode("utf-8")
+
+    assert page.count(MAP_FIGURE) == 1
+    assert page.count(NO_MAP_NOTE) == 1
+    # With both maps it is the page the service serves.
+    both = {name: _blob_path(stack, f["map"]).read_bytes() for name, f in files.items()}
+    served = alpha.get(two_set_job["links"]["report_html"]).content
+    assert render_report_page(report, both) == served
+
+
+def test_result_stored_without_a_page_answers_a_problem_saying_submit_again(
     alpha: httpx.Client, alpha_digits: tuple[str, str], stack: ServiceStack
 ) -> None:
     embeddings, labels = alpha_digits
@@ -280,21 +309,16 @@ def test_result_stored_without_maps_still_renders_with_a_note(
         "params": {"k": 17},
     }
     job = wait_for_status(alpha, submit(alpha, body).json()["id"])
-    # A result as stored before maps were: its graphs name no map.
-    files = _result_files(stack, "alpha", job["id"])
-    old_files = {
-        name: {"directed": f["directed"], "symmetric": f["symmetric"]} for name, f in files.items()
-    }
-    redis.Redis.from_url(stack.redis_url).hset(
-        f"nnkgeo:t:alpha:result:{job['id']}", "graphs", json.dumps(old_files)
-    )
+    # A result as stored before the worker drew pages: it names no page.
+    client = redis.Redis.from_url(stack.redis_url)
+    assert client.hdel(f"nnkgeo:t:alpha:result:{job['id']}", "page") == 1
 
     response = alpha.get(job["links"]["report_html"])
 
-    assert response.status_code == 200
-    assert MAP_FIGURE not in response.text
-    assert response.text.count(NO_STORED_MAP_NOTE) == 1
-    assert len([e for e in parse(response.text).iter() if e.tag == "svg"]) == 1 + 3
+    problem = assert_problem(response, 404)
+    assert problem["type"] == "urn:nnkgeo:problem:report-page-not-stored"
+    assert "Submit the job again" in problem["detail"]
+    assert alpha.get(job["links"]["report"]).status_code == 200
 
 
 def test_map_blob_lives_and_dies_with_the_result(alpha: httpx.Client, stack: ServiceStack) -> None:
@@ -304,8 +328,10 @@ def test_map_blob_lives_and_dies_with_the_result(alpha: httpx.Client, stack: Ser
     body = {"sets": [{"name": "own", "embeddings": {"dataset": upload_array(alpha, points)}}]}
     job = wait_for_status(alpha, submit(alpha, {**body, "params": {"k": 7}}).json()["id"])
     files = _result_files(stack, "alpha", job["id"])["own"]
-    blobs = [files["map"], files["directed"], files["symmetric"]]
     client = redis.Redis.from_url(stack.redis_url)
+    page = client.hget(f"nnkgeo:t:alpha:result:{job['id']}", "page")
+    assert page
+    blobs = [files["map"], files["directed"], files["symmetric"], page.decode()]
 
     def expiries() -> list[float]:
         return [float(client.zscore("nnkgeo:blobs:graphs", sha) or 0) for sha in blobs]
@@ -314,7 +340,7 @@ def test_map_blob_lives_and_dies_with_the_result(alpha: httpx.Client, stack: Ser
     assert all(_blob_path(stack, sha).is_file() for sha in blobs)
     assert min(first) > time.time() and max(first) - min(first) < 5  # the result's lifetime
     time.sleep(1.1)
-    # A cache hit renews the result, and the map with its graphs.
+    # A cache hit renews the result, and the map and page with its graphs.
     assert submit(alpha, {**body, "params": {"k": 7}}).json()["cached"] is True
     renewed = expiries()
     assert all(after > before for before, after in zip(first, renewed, strict=True))
@@ -330,6 +356,6 @@ def test_map_blob_lives_and_dies_with_the_result(alpha: httpx.Client, stack: Ser
     wait_until(
         lambda: not any(_blob_path(stack, sha).exists() for sha in blobs),
         timeout_s=30,
-        what="the expired map and graphs to be removed",
+        what="the expired map, page and graphs to be removed",
     )
     assert alpha.get(job["links"]["report_html"]).status_code == 410

@@ -117,7 +117,7 @@ def test_finish_of_a_superseded_attempt_is_refused(store: Store) -> None:
 
 
 def _plan(attempt: int) -> ShardedRun:
-    """One set in two blocks, as `workers.tasks._fan_out` records a run."""
+    """One set in two blocks, as `workers.sharded.fan_out` records a run."""
     return ShardedRun(
         attempt=attempt,
         queue="cpu",

@@ -19,8 +19,8 @@ from jobstate.checks import check_embedding_values
 from jobstate.errors import InvalidInputError
 from jobstate.records import ArrayInput, SetInput
 from tests.security import bombs
+from workers.inputs import load_set
 from workers.models.datasets import load_image_folder, load_uploaded_data, resolve_data_path
-from workers.tasks import _load_set
 
 MIB = 1 << 20
 
@@ -48,12 +48,12 @@ def test_worker_refuses_a_stored_array_past_its_limit_naming_the_set_array(
     set_input = SetInput(name="big", embeddings=embeddings)
 
     with pytest.raises(InvalidInputError) as caught:
-        _load_set(blobs, set_input, max_array_bytes=MIB)
+        load_set(blobs, set_input, max_array_bytes=MIB)
 
     assert caught.value.field == "sets[big].embeddings"
     assert "'embeddings'" in caught.value.message
     assert "NNKGEO_MAX_ARRAY_BYTES" in caught.value.message
-    assert _load_set(blobs, set_input, max_array_bytes=16 * MIB).embeddings.shape == (2048, 1024)
+    assert load_set(blobs, set_input, max_array_bytes=16 * MIB).embeddings.shape == (2048, 1024)
 
 
 def test_worker_names_the_set_array_of_a_damaged_blob(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_worker_names_the_set_array_of_a_damaged_blob(tmp_path: Path) -> None:
     )
 
     with pytest.raises(InvalidInputError, match="negative dimension") as caught:
-        _load_set(blobs, set_input, max_array_bytes=MIB)
+        load_set(blobs, set_input, max_array_bytes=MIB)
 
     assert caught.value.field == "sets[s].embeddings"
 

@@ -40,7 +40,7 @@ def test_default_settings_give_an_uploaded_model_the_job_budget_and_most_of_its_
 ) -> None:
     """The security tests lower these limits to run fast; here are the defaults, once."""
     from jobstate.settings import Settings
-    from workers.tasks import WorkerRuntime, model_sandbox_policy
+    from workers.runtime import WorkerRuntime, model_sandbox_policy
 
     for name in list(os.environ):
         if name.startswith("NNKGEO_"):

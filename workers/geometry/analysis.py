@@ -41,7 +41,7 @@ from workers.geometry.candidates import (
 from workers.geometry.graph import directed_graph, symmetric_graph
 from workers.geometry.intrinsic_dimension import estimate_intrinsic_dimension
 from workers.geometry.kernels import candidate_kernels, kernel_vectors
-from workers.geometry.report import comparison
+from workers.geometry.report import assemble_report
 from workers.geometry.solver import IDENTICAL_TOLERANCE, nnk_weights
 
 ProgressCallback = Callable[[str, float], None]
@@ -512,12 +512,7 @@ def analyze(
             n_threads=n_threads,
             memory_budget_bytes=memory_budget_bytes,
         )
-    set_reports = [result.report for result in results.values()]
-    report = Report(
-        job_id=job_id,
-        algorithm_version=ALGORITHM_VERSION,
-        params=params,
-        sets=set_reports,
-        comparison=comparison(set_reports) if len(set_reports) > 1 else None,
+    report = assemble_report(
+        [result.report for result in results.values()], params=params, job_id=job_id
     )
     return Analysis(report=report, sets=results)

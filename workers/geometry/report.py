@@ -1,10 +1,11 @@
-"""Report assembly: the comparison across sets, from the per-set reports."""
+"""Report assembly: a job's report, and the comparison across sets, from the set reports."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from api_schemas import Comparison, SetReport
+from api_schemas import AnalysisParams, Comparison, Report, SetReport
+from jobstate.version import ALGORITHM_VERSION
 
 # The scalar metrics a comparison follows across sets, as dotted paths into SetReport.
 COMPARED_METRICS: tuple[str, ...] = (
@@ -59,3 +60,34 @@ def comparison(set_reports: Sequence[SetReport]) -> Comparison:
     for name in extra_names:
         series[f"extra.{name}"] = [report.extra.get(name) for report in set_reports]
     return Comparison(sets=[report.name for report in set_reports], series=series)
+
+
+def assemble_report(
+    set_reports: Sequence[SetReport], *, params: AnalysisParams, job_id: str | None = None
+) -> Report:
+    """The report of a job from its sets' reports, compared when there are several.
+
+    Every path that makes a report ends here: :func:`workers.geometry.analysis.analyze`,
+    and the assembly of a sharded job, which measures its sets from joined blocks.
+
+    Parameters
+    ----------
+    set_reports : sequence of SetReport
+        One per set, in the job's order (the comparison's order).
+    params : AnalysisParams
+        The parameters every set was analysed with.
+    job_id : str, optional
+        The job the report belongs to.
+
+    Returns
+    -------
+    Report
+        Stamped with :data:`~jobstate.version.ALGORITHM_VERSION`.
+    """
+    return Report(
+        job_id=job_id,
+        algorithm_version=ALGORITHM_VERSION,
+        params=params,
+        sets=list(set_reports),
+        comparison=comparison(set_reports) if len(set_reports) > 1 else None,
+    )

@@ -1,0 +1,313 @@
+"""A large job in row blocks: fan-out, one block (``solve_block``), the assembly.
+
+``analyze_sets`` plans the job (:func:`plan_sets`); when some set has several blocks it
+validates the sets, builds each set's approximate index once (``knn="approximate"``),
+records the plan under its attempt and sends one ``solve_block`` per (set, row block)
+(:func:`fan_out`). Each block solves its rows against all points, writes them to the
+blob store and records the blob in the store, once (a redelivered block finds its result
+and stops). The recording that completes the run sends ``assemble_job``
+(:func:`run_assembly`), which joins the blocks, measures each set and finishes the job
+as the single task would have.
+
+Why not a Celery chord: a chord's completion is Celery's state, beside the job record
+(its own keys, expiry and result storage), and it only fires the body once every header
+task has *returned*. A header task that raises fails the chord and the body never
+runs; the callback is published by whichever worker returned last, under a claim that a
+quick redelivery of that worker's task can find still held. Here the block results and
+their count are part of the job's record, fenced by the attempt: the run is complete
+exactly when every block is recorded, whatever was redelivered, and a block that finds
+the run complete but its assembly not started sends the assembly again (its sender may
+have died between recording and sending). Two assemblies of one run are harmless: the
+first result stored stays, and the job finishes once.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from api_schemas import JobStatus
+from jobstate.dispatch import enqueue_assembly, enqueue_block
+from jobstate.records import JobRecord, SetBlocks, ShardedRun, block_key
+from jobstate.store import AssemblyStartOutcome, BlockStartOutcome, ProgressVerdict
+from workers.celery_app import app
+from workers.geometry import Analysis, EmbeddingSet, SetAnalysis, validate_set
+from workers.geometry.analysis import (
+    NNKGraph,
+    build_approximate_index_for,
+    build_nnk_graph,
+    measure_set,
+    resolve_device,
+)
+from workers.geometry.report import assemble_report
+from workers.inputs import load_set
+from workers.outcomes import end_job, ending_job_on_error, succeed, worker_lost_problem
+from workers.progress import (
+    BLOCKS_PROGRESS_SHARE,
+    CancelCheck,
+    JobProgressReporter,
+    raise_unless_carrying_on,
+)
+from workers.results import discard_blobs, put_blob
+from workers.runtime import WorkerRuntime, worker_runtime
+from workers.sharding import (
+    ShardingLimits,
+    plan_row_blocks,
+    read_approximate_index,
+    read_block,
+    write_approximate_index,
+    write_block,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def plan_sets(runtime: WorkerRuntime, sets: list[EmbeddingSet], job: JobRecord) -> list[SetBlocks]:
+    """The row blocks of each set (`workers.sharding.plan_row_blocks`), in order."""
+    limits = ShardingLimits.from_settings(runtime.settings)
+    k = job.spec.params.k
+    return [
+        SetBlocks(
+            name=s.name,
+            n_points=int(s.embeddings.shape[0]),
+            blocks=plan_row_blocks(
+                int(s.embeddings.shape[0]),
+                int(s.embeddings.shape[1]) if s.embeddings.ndim == 2 else 1,
+                k,
+                limits=limits,
+            ),
+        )
+        for s in sets
+    ]
+
+
+def fan_out(
+    runtime: WorkerRuntime,
+    job: JobRecord,
+    sets: list[EmbeddingSet],
+    set_blocks: list[SetBlocks],
+    *,
+    attempt: int,
+) -> None:
+    """Record the plan of a sharded attempt and send its blocks."""
+    params = job.spec.params
+    progress = JobProgressReporter(runtime.store, job, attempt=attempt)
+    for embedding_set in sets:
+        validate_set(embedding_set, params=params)
+    planned: list[SetBlocks] = []
+    for embedding_set, blocks in zip(sets, set_blocks, strict=True):
+        if params.knn == "approximate" and len(blocks.blocks) > 1:
+            progress(f"{embedding_set.name}:index", 0.0)
+            index = build_approximate_index_for(
+                np.ascontiguousarray(embedding_set.embeddings, dtype=np.float32), params=params
+            )
+            sha256 = put_blob(
+                runtime,
+                lambda file, index=index: write_approximate_index(file, index, job_id=job.id),
+                prefix="index-",
+            )
+            blocks = blocks.model_copy(update={"approximate_index": sha256})
+        planned.append(blocks)
+    plan = ShardedRun(attempt=attempt, queue=job.queue or runtime.settings.cpu_queue, sets=planned)
+    verdict = runtime.store.start_run(job.tenant, job.id, plan)
+    if verdict is not ProgressVerdict.carry_on:
+        # No run names the indexes yet, so ending the job would not remove them.
+        discard_blobs(runtime, [s.approximate_index for s in planned if s.approximate_index])
+        raise_unless_carrying_on(verdict, job.id)
+    for set_index, blocks in enumerate(plan.sets):
+        for block_index in range(len(blocks.blocks)):
+            enqueue_block(
+                app,
+                job_id=job.id,
+                tenant=job.tenant,
+                attempt=attempt,
+                set_index=set_index,
+                block_index=block_index,
+                queue=plan.queue,
+            )
+    logger.info("job %s: attempt %d sent %d blocks", job.id, attempt, plan.total_blocks)
+
+
+# solve_block: one row block of a sharded job --------------------------------------------
+
+
+def run_block(
+    job_id: str, tenant: str, attempt: int, set_index: int, block_index: int, *, worker: str
+) -> str:
+    """Solve one block and record it once; send the assembly if it completes the run.
+
+    Returns what happened: "solved", "recorded" (already was), "canceled", "stale"
+    (the job finished or a newer attempt replaced this run), "missing", "exhausted".
+    """
+    runtime = worker_runtime()
+    store = runtime.store
+    key = block_key(set_index, block_index)
+    start = store.begin_block(tenant, job_id, attempt=attempt, block=key, worker=worker)
+    if start.outcome is BlockStartOutcome.recorded:
+        if start.run_awaits_assembly:
+            # The block that completed the run may have died before sending the assembly.
+            _send_assembly(runtime, job_id, tenant, attempt)
+        return start.outcome.value
+    if start.outcome in (BlockStartOutcome.stale, BlockStartOutcome.missing):
+        return start.outcome.value
+    job = store.get_job(tenant, job_id)
+    run = store.get_run(tenant, job_id, attempt)
+    if job is None or run is None:
+        return BlockStartOutcome.missing.value
+    if start.outcome is BlockStartOutcome.canceled:
+        end_job(runtime, job, JobStatus.canceled, attempt=attempt)
+        return start.outcome.value
+    if start.deliveries > runtime.settings.task_max_attempts:
+        what = f"block {block_index} of set {job.spec.sets[set_index].name}"
+        end_job(
+            runtime,
+            job,
+            JobStatus.failed,
+            attempt=attempt,
+            error=worker_lost_problem(job_id, start.deliveries - 1, what),
+        )
+        return "exhausted"
+
+    with ending_job_on_error(runtime, job, attempt=attempt) as ending:
+        set_blocks = run.plan.sets[set_index]
+        embedding_set = load_set(
+            runtime.blobs,
+            job.spec.sets[set_index],
+            max_array_bytes=runtime.settings.array_limit_bytes,
+        )
+        index = (
+            read_approximate_index(runtime.blobs.path_of(set_blocks.approximate_index))
+            if set_blocks.approximate_index
+            else None
+        )
+        device, device_warning = resolve_device(job.spec.params.device)
+        nnk = build_nnk_graph(
+            np.ascontiguousarray(embedding_set.embeddings, dtype=np.float32),
+            params=job.spec.params,
+            device=device,
+            progress=CancelCheck(store, job, attempt=attempt),
+            n_threads=runtime.threads,
+            memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
+            rows=set_blocks.blocks[block_index],
+            index=index,
+        )
+        return _record_block(runtime, job, attempt, key, nnk, device_warning)
+    assert ending.status is not None
+    return ending.status.value
+
+
+def _record_block(
+    runtime: WorkerRuntime,
+    job: JobRecord,
+    attempt: int,
+    key: str,
+    nnk: NNKGraph,
+    device_warning: str | None,
+) -> str:
+    sha256 = put_blob(
+        runtime,
+        lambda file: write_block(file, nnk, job_id=job.id, device_warning=device_warning),
+        prefix="block-",
+    )
+    recording = runtime.store.record_block(
+        job.tenant, job.id, attempt=attempt, block=key, sha256=sha256, share=BLOCKS_PROGRESS_SHARE
+    )
+    if not recording.recorded:
+        # A copy of this block got there first (or the job ended): keep only its file.
+        run = runtime.store.get_run(job.tenant, job.id, attempt)
+        if run is None or run.block_results.get(key) != sha256:
+            discard_blobs(runtime, [sha256])
+        return "stale" if recording.superseded else BlockStartOutcome.recorded.value
+    logger.info(
+        "job %s: block %s recorded (%d of %d)", job.id, key, recording.done, recording.total
+    )
+    if recording.completes_run:
+        _send_assembly(runtime, job.id, job.tenant, attempt)
+    return "solved"
+
+
+def _send_assembly(runtime: WorkerRuntime, job_id: str, tenant: str, attempt: int) -> None:
+    run = runtime.store.get_run(tenant, job_id, attempt)
+    if run is not None:
+        enqueue_assembly(app, job_id=job_id, tenant=tenant, attempt=attempt, queue=run.plan.queue)
+
+
+# assemble_job: the report of a sharded job ----------------------------------------------
+
+
+def run_assembly(job_id: str, tenant: str, attempt: int) -> str:
+    """Join the blocks, measure every set, store the report and graphs, finish the job.
+
+    Returns what happened: "assembled", "canceled", "failed", "stale", "missing",
+    "incomplete" (sent before its blocks were all recorded), "exhausted".
+    """
+    runtime = worker_runtime()
+    store = runtime.store
+    start = store.begin_assembly(tenant, job_id, attempt=attempt)
+    if start.outcome in (AssemblyStartOutcome.stale, AssemblyStartOutcome.missing):
+        return start.outcome.value
+    if start.outcome is AssemblyStartOutcome.incomplete:
+        logger.error("job %s: assembly of attempt %d sent before its blocks", job_id, attempt)
+        return start.outcome.value
+    job = store.get_job(tenant, job_id)
+    run = store.get_run(tenant, job_id, attempt)
+    if job is None or run is None:
+        return AssemblyStartOutcome.missing.value
+    if start.outcome is AssemblyStartOutcome.canceled:
+        end_job(runtime, job, JobStatus.canceled, attempt=attempt)
+        return start.outcome.value
+    if start.deliveries > runtime.settings.task_max_attempts:
+        end_job(
+            runtime,
+            job,
+            JobStatus.failed,
+            attempt=attempt,
+            error=worker_lost_problem(job_id, start.deliveries - 1, "the job's assembly"),
+        )
+        return "exhausted"
+
+    with ending_job_on_error(runtime, job, attempt=attempt) as ending:
+        params = job.spec.params
+        progress = JobProgressReporter(store, job, attempt=attempt)
+        results: dict[str, SetAnalysis] = {}
+        n_sets = len(job.spec.sets)
+        for position, set_input in enumerate(job.spec.sets):
+            blocks = [
+                read_block(runtime.blobs.path_of(run.block_results[block_key(position, b)]))
+                for b in range(len(run.plan.sets[position].blocks))
+            ]
+
+            def set_progress(stage: str, fraction: float, position: int = position) -> None:
+                overall = (position + fraction) / n_sets
+                progress(
+                    f"{job.spec.sets[position].name}:{stage}",
+                    BLOCKS_PROGRESS_SHARE + (1 - BLOCKS_PROGRESS_SHARE) * overall,
+                )
+
+            with warnings.catch_warnings():
+                # Empty classes and the like give harmless NaN warnings.
+                warnings.simplefilter("ignore", category=RuntimeWarning)
+                results[set_input.name] = measure_set(
+                    load_set(
+                        runtime.blobs, set_input, max_array_bytes=runtime.settings.array_limit_bytes
+                    ),
+                    NNKGraph.concatenate([block.nnk for block in blocks]),
+                    params=params,
+                    progress=set_progress,
+                    warnings=sorted({b.device_warning for b in blocks if b.device_warning}),
+                )
+        report = assemble_report(
+            [result.report for result in results.values()], params=params, job_id=job_id
+        )
+        succeed(
+            runtime,
+            job,
+            Analysis(report=report, sets=results),
+            attempt=attempt,
+            only_if_absent=True,
+        )
+        return "assembled"
+    assert ending.status is not None
+    return ending.status.value

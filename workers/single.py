@@ -1,0 +1,188 @@
+"""``analyze_sets``: every job starts here; a small job, or a model job, ends here too.
+
+The delivery claims the job (attempt n) and then:
+
+- an embed or study job builds its sets with `workers.model_jobs` (training, embedding)
+  and is analysed right there, never sharded;
+- a small job (every set one block) is analysed right there by `analyze`;
+- a large one is fanned out in row blocks (`workers.sharded`).
+
+A message for a finished job does nothing, and a job whose worker died is claimed again
+and finishes once; one whose process died of memory ends saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from api_schemas import JobStatus
+from jobstate.errors import AnalysisCanceled
+from jobstate.memory_budget import estimate_set_memory, plan_solve
+from jobstate.records import JobRecord, utc_now
+from jobstate.retention import sweep_expired_graphs
+from jobstate.store import ClaimOutcome
+from workers.geometry import EmbeddingSet, analyze
+from workers.inputs import load_set
+from workers.model_jobs import build_model_job_sets
+from workers.outcomes import ending_job_on_error, memory_problem, succeed, worker_lost_problem
+from workers.progress import MODEL_PROGRESS_SHARE, JobProgressReporter, progress_share
+from workers.runtime import WorkerRuntime, model_sandbox_policy, worker_runtime
+from workers.sharded import fan_out, plan_sets
+from workers.sharding import needs_sharding
+
+logger = logging.getLogger(__name__)
+
+
+def run_job(job_id: str, tenant: str) -> None:
+    """Claim the job; analyse it here if it is small, else send its blocks."""
+    runtime = worker_runtime()
+    claimed = _claim(runtime, job_id, tenant)
+    if claimed is None:
+        return
+    job, attempt = claimed
+    try:
+        with ending_job_on_error(runtime, job, attempt=attempt):
+            if job.cancel_requested:
+                raise AnalysisCanceled(f"job {job_id} was canceled")
+            if job.spec.kind != "sets":
+                _run_model_job(runtime, job, attempt=attempt)
+                return
+            sets = [
+                load_set(
+                    runtime.blobs, set_input, max_array_bytes=runtime.settings.array_limit_bytes
+                )
+                for set_input in job.spec.sets
+            ]
+            set_blocks = plan_sets(runtime, sets, job)
+            if needs_sharding([s.blocks for s in set_blocks]):
+                fan_out(runtime, job, sets, set_blocks, attempt=attempt)
+                return
+            _record_estimate(runtime, job, sets, attempt=attempt)
+            analysis = analyze(
+                sets,
+                params=job.spec.params,
+                job_id=job_id,
+                progress=JobProgressReporter(runtime.store, job, attempt=attempt),
+                n_threads=runtime.threads,
+                memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
+            )
+            succeed(runtime, job, analysis, attempt=attempt, sets=sets)
+    finally:
+        try:
+            sweep_expired_graphs(runtime.store, runtime.blobs)
+        except Exception:
+            logger.exception("sweeping expired graphs failed")
+
+
+def _claim(runtime: WorkerRuntime, job_id: str, tenant: str) -> tuple[JobRecord, int] | None:
+    """Claim the job for this delivery; None when there is nothing to run."""
+    store = runtime.store
+    claim = store.claim_job(
+        tenant, job_id, now=utc_now(), max_attempts=runtime.settings.task_max_attempts
+    )
+    if claim.outcome is ClaimOutcome.missing:
+        logger.warning("job %s of %s: no record (expired?); dropping the message", job_id, tenant)
+        return None
+    assert claim.job is not None
+    job = claim.job
+    if claim.outcome is ClaimOutcome.finished:
+        logger.info("job %s already %s; nothing to do", job_id, job.status.value)
+        return None
+    if claim.outcome is ClaimOutcome.exhausted:
+        store.finish_job(
+            job,
+            status=JobStatus.failed,
+            now=utc_now(),
+            from_statuses=(JobStatus.queued, JobStatus.running),
+            error=worker_lost_problem(job_id, claim.attempt, "this job"),
+        )
+        return None
+    if claim.attempt > 1:
+        previous = store.attempt_memory(tenant, job_id, attempt=claim.attempt - 1)
+        if previous.died_of is not None:
+            logger.error(
+                "job %s of %s: attempt %d died (%s); failing it as out of memory",
+                job_id,
+                tenant,
+                claim.attempt - 1,
+                previous.died_of,
+            )
+            store.finish_job(
+                job,
+                status=JobStatus.failed,
+                now=utc_now(),
+                attempt=claim.attempt,
+                error=memory_problem(
+                    runtime,
+                    job_id,
+                    what=f"the process of its attempt {claim.attempt - 1} died of "
+                    f"{previous.died_of}",
+                    estimate_bytes=previous.estimate_bytes,
+                ),
+            )
+            return None
+    logger.info("job %s of %s: attempt %d", job_id, tenant, claim.attempt)
+    return job, claim.attempt
+
+
+def _record_estimate(
+    runtime: WorkerRuntime, job: JobRecord, sets: list[EmbeddingSet], *, attempt: int
+) -> None:
+    """Note the attempt's memory estimate (its largest set) before it allocates anything.
+
+    Should its process die, the next delivery reads this and the cause of death
+    (:class:`workers.job_task.JobRequest`) and ends the job saying memory, instead of
+    trying again.
+    """
+    params = job.spec.params
+    estimate = max(
+        estimate_set_memory(
+            int(s.embeddings.shape[0]),
+            int(s.embeddings.shape[1]) if s.embeddings.ndim == 2 else 1,
+            params.k,
+            n_classes=0 if s.labels is None else int(s.embeddings.shape[0]),
+            threads=runtime.cpu_threads,
+            approximate=params.knn == "approximate",
+            solve_block=plan_solve(
+                int(s.embeddings.shape[0]),
+                int(s.embeddings.shape[1]) if s.embeddings.ndim == 2 else 1,
+                params.k,
+                budget_bytes=runtime.settings.memory_planning_budget_bytes,
+                threads=runtime.cpu_threads,
+                approximate=params.knn == "approximate",
+            )[0],
+        ).total
+        for s in sets
+    )
+    runtime.store.record_attempt_memory(
+        job.tenant,
+        job.id,
+        attempt=attempt,
+        estimate_bytes=estimate,
+        budget_bytes=runtime.settings.worker_memory_bytes,
+    )
+
+
+def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> None:
+    """An embed or study job: make its sets (`workers.model_jobs`), analyse them here.
+
+    Never sharded: its sets exist only in this process, and training dominates anyway.
+    """
+    progress = JobProgressReporter(runtime.store, job, attempt=attempt)
+    sets = build_model_job_sets(
+        job.spec,
+        locate_blob=runtime.blobs.path_of,
+        data_roots=runtime.settings.data_root_paths,
+        sandbox=model_sandbox_policy(runtime),
+        max_array_bytes=runtime.settings.array_limit_bytes,
+        progress=progress_share(progress, 0.0, MODEL_PROGRESS_SHARE),
+    )
+    analysis = analyze(
+        sets,
+        params=job.spec.params,
+        job_id=job.id,
+        progress=progress_share(progress, MODEL_PROGRESS_SHARE, 1 - MODEL_PROGRESS_SHARE),
+        n_threads=runtime.threads,
+        memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
+    )
+    succeed(runtime, job, analysis, attempt=attempt, sets=sets)
