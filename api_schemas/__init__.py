@@ -1,7 +1,10 @@
 """Pydantic models shared by the nnkgeo service, its workers and its clients.
 
 This package imports nothing but pydantic and the standard library, so that a
-client can depend on it without pulling in FastAPI, Celery, torch or numpy.
+client can depend on it without pulling in FastAPI, Celery, torch or numpy. Requests
+refuse unknown fields, responses keep them (:mod:`api_schemas.base`); the Standard
+Webhooks scheme the service signs its events with is part of the contract too
+(:mod:`api_schemas.webhooks`).
 """
 
 from api_schemas.datasets import ArrayInfo, DatasetOut, DatasetRef
@@ -15,7 +18,7 @@ from api_schemas.jobs import (
     JobProgress,
     JobStatus,
 )
-from api_schemas.params import AnalysisParams
+from api_schemas.params import AnalysisParams, ReportedParams
 from api_schemas.problems import Problem
 from api_schemas.report import (
     REPORT_SCHEMA_VERSION,
@@ -60,6 +63,7 @@ __all__ = [
     "QuantileStats",
     "Readiness",
     "Report",
+    "ReportedParams",
     "SetReport",
     "Suspect",
     "Timings",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from api_schemas.base import RequestModel, ResponseModel
 
 DatasetFormat = Literal["npy", "npz", "safetensors", "parquet", "torchscript", "pt2", "onnx"]
 """How an upload is encoded: files of arrays (``npy``, ``npz``, ``safetensors``,
@@ -15,14 +17,26 @@ arrays."""
 
 MODEL_FORMATS: frozenset[str] = frozenset({"torchscript", "pt2", "onnx"})
 
+FORMAT_BY_SUFFIX: dict[str, str] = {
+    ".npy": "npy",
+    ".npz": "npz",
+    ".safetensors": "safetensors",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".onnx": "onnx",
+    ".pt2": "pt2",
+}
+"""The format a file's suffix tells, where it tells one (a TorchScript archive is a
+``.pt`` like much else, so it is always named)."""
 
-class ArrayInfo(BaseModel):
+
+class ArrayInfo(ResponseModel):
     name: str
     shape: list[int]
     dtype: str
 
 
-class DatasetOut(BaseModel):
+class DatasetOut(ResponseModel):
     id: str
     sha256: str
     format: DatasetFormat
@@ -31,10 +45,8 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-class DatasetRef(BaseModel):
+class DatasetRef(RequestModel):
     """One array of an uploaded dataset; `array` may be omitted when it holds just one."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(min_length=1, max_length=128)
     array: str | None = Field(None, min_length=1, max_length=256)

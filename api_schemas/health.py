@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from api_schemas.base import ResponseModel
 
 
-class Health(BaseModel):
+class Health(ResponseModel):
     status: Literal["ok"] = "ok"
 
 
-class Readiness(BaseModel):
+class Readiness(ResponseModel):
     status: Literal["ready"] = "ready"
     redis: Literal["ok"] = "ok"
     workers: list[str] = Field(description="Celery workers that answered a ping.")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 
+from api_schemas.base import RequestModel, ResponseModel
 from api_schemas.datasets import DatasetRef
 from api_schemas.models import EmbedSpec, StudySpec
 from api_schemas.params import AnalysisParams
@@ -27,16 +28,14 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 
-class EmbeddingSetSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EmbeddingSetSpec(RequestModel):
     name: str = Field(pattern=SET_NAME_PATTERN, description="Unique within the job; used in URLs.")
     embeddings: DatasetRef
     labels: DatasetRef | None = None
     ids: DatasetRef | None = None
 
 
-class JobCreate(BaseModel):
+class JobCreate(RequestModel):
     """A job names its inputs in exactly one of three ways (DESIGN section 3).
 
     - ``sets``: uploaded embeddings, one set each;
@@ -45,8 +44,6 @@ class JobCreate(BaseModel):
     - ``study``: a family of models of growing size, each trained until it fits its
       training set, then embedded and compared in size order.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     sets: list[EmbeddingSetSpec] | None = Field(None, min_length=1, max_length=64)
     embed: EmbedSpec | None = None
@@ -85,12 +82,12 @@ class JobCreate(BaseModel):
         return "sets" if self.sets is not None else "embed" if self.embed is not None else "study"
 
 
-class JobProgress(BaseModel):
+class JobProgress(ResponseModel):
     stage: str
     fraction: float = Field(ge=0.0, le=1.0)
 
 
-class JobLinks(BaseModel):
+class JobLinks(ResponseModel):
     self: str
     report: str
     report_html: str
@@ -104,7 +101,7 @@ class WebhookDeliveryStatus(StrEnum):
     failed = "failed"
 
 
-class JobWebhook(BaseModel):
+class JobWebhook(ResponseModel):
     """Where the delivery of the job's end event to its callback_url stands."""
 
     status: WebhookDeliveryStatus = Field(
@@ -128,7 +125,7 @@ class JobWebhook(BaseModel):
     delivered_at: datetime | None = None
 
 
-class JobOut(BaseModel):
+class JobOut(ResponseModel):
     id: str
     status: JobStatus
     progress: JobProgress
@@ -144,7 +141,7 @@ class JobOut(BaseModel):
     )
 
 
-class JobList(BaseModel):
+class JobList(ResponseModel):
     items: list[JobOut]
     next_cursor: str | None = Field(
         None, description="Pass as ?cursor= to get the next (older) page; null on the last."

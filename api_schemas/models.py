@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Discriminator,
     Field,
@@ -21,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from api_schemas.base import RequestModel
 
 UploadId = Annotated[
     str, Field(min_length=1, max_length=128, description="Id of an uploaded dataset.")
@@ -33,8 +34,8 @@ MAX_PATH_CHARS = 1024
 MAX_PATH_NAME_BYTES = 255
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Spec(RequestModel):
+    model_config = ConfigDict(frozen=True)
 
 
 def _reference_kind(keys: tuple[str, ...]):

@@ -1,4 +1,10 @@
-"""Analysis parameters: the knobs of DESIGN section 1 and 2, validated once here."""
+"""Analysis parameters: the knobs of DESIGN section 1 and 2, validated once here.
+
+Two models share the fields, because a request and a report treat an unknown parameter
+differently (see :mod:`api_schemas.base`): :class:`AnalysisParams` is what can be run,
+and refuses one; :class:`ReportedParams` is what a report records, and keeps one (a
+newer server may have run with a parameter this version does not know).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class AnalysisParams(BaseModel):
-    """Parameters of one NNK analysis; the same for every set of a job.
+class ReportedParams(BaseModel):
+    """The parameters a report was computed with, as the report records them.
 
-    Unknown fields are refused (a typo must not silently fall back to a default).
+    The fields of AnalysisParams, with the same checks; unknown fields (a parameter of a
+    newer server) are kept.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Parsing a report gives an AnalysisParams when it names no unknown parameter, and
+    # this class otherwise (Report's validator of `params`).
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     k: int = Field(50, ge=1, le=1024, description="Number of kNN candidates per point.")
     kernel: Literal["cosine", "gaussian"] = Field(
@@ -59,7 +68,18 @@ class AnalysisParams(BaseModel):
     seed: int = Field(0, description="Seed for every sampled estimate (recall, ID sample).")
 
     @model_validator(mode="after")
-    def _sigma_only_for_gaussian(self) -> AnalysisParams:
+    def _sigma_only_for_gaussian(self) -> ReportedParams:
         if self.sigma is not None and self.kernel != "gaussian":
             raise ValueError("sigma applies only to kernel='gaussian'; remove it or set kernel")
         return self
+
+
+class AnalysisParams(ReportedParams):
+    """Parameters of one NNK analysis; the same for every set of a job.
+
+    Unknown fields are refused (a typo must not silently fall back to a default).
+    """
+
+    # The fields are ReportedParams'; only the answer to an unknown one differs. A job's
+    # params, the engine and the command-line flags take this class.
+    model_config = ConfigDict(extra="forbid", frozen=True)

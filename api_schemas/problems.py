@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from api_schemas.base import ResponseModel
 
 
-class FieldError(BaseModel):
+class FieldError(ResponseModel):
     field: str = Field(description="Dotted path of the offending field or parameter.")
     message: str = Field(description="What is wrong and how to fix it.")
 
 
-class Problem(BaseModel):
-    """An `application/problem+json` body."""
-
-    model_config = ConfigDict(extra="allow")
+class Problem(ResponseModel):
+    """An `application/problem+json` body; extension members (RFC 9457, 3.2) are kept."""
 
     type: str = "about:blank"
     title: str

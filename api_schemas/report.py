@@ -1,27 +1,36 @@
 """The JSON report of DESIGN section 3: one entry per embedding set, plus a comparison.
 
 Field names follow DESIGN section 2 exactly; users diff reports across versions.
+
+Every model here is a response (:mod:`api_schemas.base`): a report from a newer server
+parses, with the fields this version does not know kept. A new field is a change of the
+report's schema: bump ``REPORT_SCHEMA_VERSION`` with it (tests/contract guards this).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, ValidatorFunctionWrapHandler, field_validator
 
-from api_schemas.params import AnalysisParams
+from api_schemas.base import ResponseModel
+from api_schemas.params import AnalysisParams, ReportedParams
 
 REPORT_SCHEMA_VERSION = "1.0"
+
+REPORT_PAGE_CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
+"""What the report page may load: nothing but its own inline styles. The page declares it
+in a ``<meta>``, and the API sends it as a header with the page."""
+
+REPORT_MAP_MAX_POINTS = 3000
+"""A set's 2-D map on the report page draws at most this many points (a seeded sample,
+the suspects always in)."""
 
 Label = int | str
 Regime = Literal["homogeneous", "weighted", "not_interpolating"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GraphStats(_Model):
+class GraphStats(ResponseModel):
     n_edges_directed: int = Field(description="Non-zero entries of the directed graph W.")
     n_edges_symmetric: int = Field(description="Undirected edges of A (each pair once).")
     duplicate_pairs: int = Field(
@@ -34,7 +43,7 @@ class GraphStats(_Model):
     knn_recall_sample: int | None = Field(None, description="Queries in the recall sample.")
 
 
-class QuantileStats(_Model):
+class QuantileStats(ResponseModel):
     mean: float
     median: float
     p10: float
@@ -49,7 +58,7 @@ class DegreeStats(QuantileStats):
     per_class: dict[str, float] | None = Field(None, description="Mean NNK degree per class label.")
 
 
-class LooError(_Model):
+class LooError(ResponseModel):
     nnk_weighted: float
     nnk_unweighted: float
     knn_weighted: float
@@ -57,13 +66,13 @@ class LooError(_Model):
     soft_nnk_weighted: float
 
 
-class Homogeneity(_Model):
+class Homogeneity(ResponseModel):
     nnk_mean: float
     knn_mean: float
     pure_patch_fraction: float
 
 
-class IntrinsicDimension(_Model):
+class IntrinsicDimension(ResponseModel):
     twonn: float | None = Field(description="TwoNN maximum-likelihood estimate (Facco 2017).")
     mle: float | None = Field(
         description="Levina-Bickel MLE, inverse estimates averaged (MacKay-Ghahramani)."
@@ -72,11 +81,11 @@ class IntrinsicDimension(_Model):
     n_used: int = Field(description="Query points the estimates were computed on.")
 
 
-class LabelSmoothness(_Model):
+class LabelSmoothness(ResponseModel):
     cross_class_edge_fraction: float
 
 
-class ClassMetrics(_Model):
+class ClassMetrics(ResponseModel):
     label: Label
     n: int
     loo_error: LooError
@@ -84,7 +93,7 @@ class ClassMetrics(_Model):
     mean_degree: float
 
 
-class Suspect(_Model):
+class Suspect(ResponseModel):
     index: int
     id: str | None = None
     label: Label
@@ -92,13 +101,13 @@ class Suspect(_Model):
     score: float = Field(description="1 - p_i[y_i] under NNK-weighted interpolation.")
 
 
-class Timings(_Model):
+class Timings(ResponseModel):
     knn_s: float
     solve_s: float
     metrics_s: float
 
 
-class SetReport(_Model):
+class SetReport(ResponseModel):
     name: str
     n_points: int
     dim: int
@@ -121,17 +130,33 @@ class SetReport(_Model):
     )
 
 
-class Comparison(_Model):
+class Comparison(ResponseModel):
     sets: list[str] = Field(description="Set names, in the order given.")
     series: dict[str, list[float | int | str | None]] = Field(
         description="Dotted metric name -> one value per set, in the order of `sets`."
     )
 
 
-class Report(_Model):
+class Report(ResponseModel):
     schema_version: str = REPORT_SCHEMA_VERSION
     job_id: str | None = None
     algorithm_version: str
-    params: AnalysisParams
+    params: ReportedParams
     sets: list[SetReport]
     comparison: Comparison | None = None
+
+    @field_validator("params", mode="wrap")
+    @classmethod
+    def _known_params_can_run_again(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> ReportedParams:
+        """Params this version knows parse as AnalysisParams, unknown ones are kept.
+
+        So a report's params can be run again (``analyze(sets, params=report.params)``)
+        and equal the params it was computed with; only a newer server's report, naming
+        a parameter this version lacks, keeps a ReportedParams.
+        """
+        params = handler(value)
+        if isinstance(params, AnalysisParams) or params.model_extra:
+            return params
+        return AnalysisParams.model_construct(params.model_fields_set, **dict(params))

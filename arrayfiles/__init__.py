@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from api_schemas.datasets import ArrayInfo
+from api_schemas.datasets import FORMAT_BY_SUFFIX, ArrayInfo
 from arrayfiles import npy, npz, parquet, safetensors
 from arrayfiles.errors import ArrayFileError, ArrayTooLargeError
 from arrayfiles.scan import ArrayStats, ScannedArray, array_stats
@@ -83,13 +83,8 @@ _LOADERS: dict[str, Callable[..., np.ndarray]] = {
 FORMATS: tuple[str, ...] = tuple(_SCANNERS)
 """The formats read here; the array formats of ``api_schemas.datasets.DatasetFormat``."""
 
-_SUFFIX_FORMATS = {
-    ".npy": "npy",
-    ".npz": "npz",
-    ".safetensors": "safetensors",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
+# The array formats among the suffixes the API and the client recognise.
+_SUFFIX_FORMATS = {suffix: fmt for suffix, fmt in FORMAT_BY_SUFFIX.items() if fmt in FORMATS}
 _FORMAT_HINT = f"pass format={'|'.join(FORMATS)}"
 
 

@@ -20,6 +20,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from api_schemas.report import REPORT_MAP_MAX_POINTS
 from htmlreport.projection import project_to_2d
 
 __all__ = [
@@ -32,8 +33,7 @@ __all__ = [
     "write_embedding_map",
 ]
 
-MAP_MAX_POINTS = 3000
-"""The 2-D map draws at most this many points (a seeded sample, suspects always in)."""
+MAP_MAX_POINTS = REPORT_MAP_MAX_POINTS
 
 MAP_SEED = 0
 """Seed of the sample and of the randomized PCA: the same inputs give the same map."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from api_schemas import Report
+from api_schemas.report import REPORT_PAGE_CONTENT_SECURITY_POLICY
 from htmlreport.embedding_map import EmbeddingMap
 from htmlreport.sections.comparison import comparison_section
 from htmlreport.sections.guide import guide_section
@@ -23,8 +24,7 @@ from htmlreport.text import escaped, shorten
 
 __all__ = ["CONTENT_SECURITY_POLICY", "render_report_html"]
 
-CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
-"""What the page may load: nothing but its own inline styles."""
+CONTENT_SECURITY_POLICY = REPORT_PAGE_CONTENT_SECURITY_POLICY
 
 
 _STYLE = """

@@ -163,11 +163,6 @@ class JobRecord(BaseModel):
     )
 
 
-PAGE_MAP_MAX_POINTS = 3000
-"""A set's 2-D map on the report page draws at most this many points (a seeded sample,
-the suspects always in): the worker draws it so, and the API documents it."""
-
-
 class GraphFiles(BaseModel):
     """The blobs made for one set: its graphs (scipy.sparse.save_npz files) and the 2-D
     map its report page draws (`htmlreport.embedding_map`).

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 
 from api_schemas.jobs import JobWebhook, WebhookDeliveryStatus
 from api_schemas.problems import FieldError
+from api_schemas.webhooks import SECRET_PREFIX
 from jobstate.store import WebhookDelivery, WebhookState
-from nnkgeo.webhooks import SECRET_PREFIX
 
 if TYPE_CHECKING:
     from jobstate.settings import Settings

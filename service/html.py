@@ -12,16 +12,13 @@ served names the job that was asked for.
 
 from __future__ import annotations
 
+from api_schemas.report import REPORT_PAGE_CONTENT_SECURITY_POLICY
 from jobstate.blobs import BlobStore
 from jobstate.records import ResultRecord
 from service.errors import ProblemError
 
-CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
-"""What the page may load: nothing but its own inline styles.
-
-The policy the page declares in its own ``<meta>`` (`htmlreport.CONTENT_SECURITY_POLICY`,
-which the API does not import); tests/integration/test_report_page.py checks they agree.
-"""
+# The header the page is served with: the policy it also declares in its own <meta>.
+CONTENT_SECURITY_POLICY = REPORT_PAGE_CONTENT_SECURITY_POLICY
 
 PAGE_NOT_STORED_SLUG = "report-page-not-stored"
 

@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from api_schemas import Report
+from api_schemas.report import REPORT_MAP_MAX_POINTS
 from htmlreport import render_report_html
 from htmlreport.embedding_map import compute_embedding_map, read_embedding_map, write_embedding_map
 from jobstate.blobs import BlobStore
 from jobstate.errors import InvalidInputError
-from jobstate.records import PAGE_MAP_MAX_POINTS, SetInput
+from jobstate.records import SetInput
 from workers.geometry import EmbeddingSet
 from workers.inputs import load_set
 
@@ -79,7 +80,7 @@ def embedding_map_files(
                 embedding_set.embeddings,
                 embedding_set.labels,
                 suspects=[suspect.index for suspect in set_report.suspects],
-                max_points=PAGE_MAP_MAX_POINTS,
+                max_points=REPORT_MAP_MAX_POINTS,
             )
         except (InvalidInputError, OSError, ValueError, np.linalg.LinAlgError) as error:
             logger.warning("job %s: set %s gets no 2-D map: %s", report.job_id, item.name, error)

@@ -4,7 +4,7 @@ The store announces every job that reaches a final status (`Store.finish_job`, a
 cache hit created finished) to its ``on_job_finished`` hook, which queues
 ``deliver_webhook`` with three ids (tenant, job, event) for jobs that carry a
 callback_url (`jobstate.dispatch.job_end_announcer`). The task reads the job record,
-builds a small JSON event, signs it per Standard Webhooks (`nnkgeo.webhooks`) with the
+builds a small JSON event, signs it per Standard Webhooks (`api_schemas.webhooks`) with the
 tenant's secret and POSTs it:
 
 - the webhook-id is the event id, the same on every retry (receivers deduplicate on it);
@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
 import httpcore
@@ -47,20 +48,19 @@ import httpx
 from celery import Task
 
 from api_schemas import JobStatus
+from api_schemas.webhooks import signature_headers
 from jobstate.dispatch import DELIVER_WEBHOOK_TASK
 from jobstate.records import JobRecord, utc_now
 from jobstate.settings import Settings, get_settings
 from jobstate.store import Store, WebhookState
 from jobstate.webhooks import WebhookPolicy, answer_outcome, event_id_for
-from nnkgeo import __version__
-from nnkgeo.webhooks import signature_headers
 from workers.celery_app import app
 
 # Longest wait between two attempts. A retry is an ETA message that a worker holds
 # unacknowledged until it is due: held past the broker's visibility timeout, it would be
 # delivered a second time, so the wait also stays below half of that timeout.
 BACKOFF_CAP_S = 600.0
-USER_AGENT = f"nnkgeo-webhooks/{__version__}"
+USER_AGENT = f"nnkgeo-webhooks/{version('nnkgeo')}"
 # Of an answer's body, only the start is read (the log quotes a failure's reason from
 # it); past it the connection is closed, however long the body says it is.
 ANSWER_READ_LIMIT_BYTES = 4096
@@ -84,7 +84,7 @@ _runtime_pid: int | None = None
 def _webhook_runtime() -> _Runtime:
     """This process's settings, store and policy, made on first use in each process.
 
-    As in `workers.tasks.worker_runtime`: a Redis connection opened in the prefork
+    As in `workers.runtime.worker_runtime`: a Redis connection opened in the prefork
     parent must not be shared with its children. This store has no finish hook: a
     delivery never finishes a job.
     """

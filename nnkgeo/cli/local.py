@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from api_schemas import AnalysisParams, Report
 from nnkgeo.cli.outcome import EXIT_OK, CommandRefused, Handler
 from nnkgeo.cli.param_flags import add_analysis_flags, field_choices, given_analysis_params
-from nnkgeo.cli.progress import ProgressLine
+from nnkgeo.client.progress import ProgressLine
 
 if TYPE_CHECKING:
     import numpy as np

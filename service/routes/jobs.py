@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api_schemas import JobCreate, JobList, JobOut, Report
+from api_schemas.report import REPORT_MAP_MAX_POINTS
 from jobstate.problems import problem_type
-from jobstate.records import PAGE_MAP_MAX_POINTS
 from service.deps import CurrentTenant, JobServiceDep
 from service.errors import media_type_of, problem_responses, unsupported_media_type
 from service.html import CONTENT_SECURITY_POLICY, PAGE_NOT_STORED_SLUG
@@ -169,7 +169,7 @@ _REPORT_PAGE_PROBLEMS[404]["description"] = (
     summary="The report as a self-contained HTML page",
     description=(
         "Drawn once by the worker at the end of the job, from the report and each set's 2-D"
-        f" map (a seeded sample of at most {PAGE_MAP_MAX_POINTS:,} points), and stored with"
+        f" map (a seeded sample of at most {REPORT_MAP_MAX_POINTS:,} points), and stored with"
         " the result."
     ),
     responses=_REPORT_PAGE_PROBLEMS,

@@ -31,8 +31,7 @@ from safetensors.numpy import save as safetensors_bytes
 from api_schemas import Report
 from api_schemas.models import MLPModel
 from htmlreport import CONTENT_SECURITY_POLICY, render_report_html
-from htmlreport.embedding_map import MAP_MAX_POINTS, EmbeddingMap, read_embedding_map
-from jobstate.records import PAGE_MAP_MAX_POINTS
+from htmlreport.embedding_map import EmbeddingMap, read_embedding_map
 from tests.integration.helpers import assert_problem, submit, upload, upload_array, wait_for_status
 from tests.integration.stack import ServiceStack, wait_until
 from tests.unit.test_html_report import (
@@ -170,7 +169,6 @@ def test_served_map_is_the_pca_of_the_set_and_the_page_the_local_one(
     assert np.all(np.abs(stored.xy - expected).max(axis=0) < 1e-3 * np.ptp(expected, axis=0))
     # The served page is the very page `nnkgeo analyze --html` draws from the embeddings,
     # whose maps draw as many points.
-    assert PAGE_MAP_MAX_POINTS == MAP_MAX_POINTS
     local = render_report_html(
         report,
         embeddings={name: two_sets[name] for name in ("pixels", "pca-16")},

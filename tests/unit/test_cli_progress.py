@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from nnkgeo.cli.progress import BAR_WIDTH, ProgressLine
+from nnkgeo.client.progress import BAR_WIDTH, ProgressLine
 
 
 class _Terminal(io.StringIO):

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import sys
+from pathlib import Path
+
 import pytest
 
+import api_schemas.webhooks
+import nnkgeo.webhooks
 from nnkgeo.webhooks import (
     WebhookVerificationError,
     generate_secret,
@@ -58,3 +64,19 @@ def test_generated_secrets_are_distinct_and_usable():
     assert first != second and first.startswith("whsec_")
     headers = signature_headers(first, msg_id="m1", payload=b"{}")
     verify(first, headers, b"{}")
+
+
+def test_receivers_verify_with_the_scheme_the_service_signs_with():
+    for name in nnkgeo.webhooks.__all__:
+        assert getattr(nnkgeo.webhooks, name) is getattr(api_schemas.webhooks, name), name
+
+
+def test_the_scheme_needs_only_the_standard_library_so_receivers_can_vendor_it():
+    source = Path(api_schemas.webhooks.__file__).read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported - {"__future__"} <= sys.stdlib_module_names

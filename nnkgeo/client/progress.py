@@ -1,8 +1,10 @@
-"""One progress bar on a text stream, for the engine's stages and a service job's alike.
+"""The progress bar: ``wait`` draws it while a job runs, ``nnkgeo analyze`` and
+``nnkgeo study`` while the engine runs.
 
-``nnkgeo analyze`` and ``nnkgeo study`` draw the engine's ``progress(stage, fraction)``
-with it; a job waited on through the client draws the same line with the job's id and
-status in front. The module imports only the standard library: the client can use it.
+rich draws a job's bar where installed and the stream is a terminal; elsewhere (logs,
+CI, notebooks capturing stderr) the plain text `ProgressLine` writes a line per change.
+The local commands draw the same `ProgressLine` with the engine's ``progress(stage,
+fraction)``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import Protocol, TextIO, TypeAlias
 
-__all__ = ["BAR_WIDTH", "ProgressLine", "is_terminal"]
+from api_schemas import JobOut
+
+ProgressOption: TypeAlias = "bool | TextIO"
+"""``True``: a bar on stderr; a text stream: a bar there; ``False``: none."""
+
 
 BAR_WIDTH = 24
 
@@ -107,3 +113,80 @@ class ProgressLine:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class ProgressDisplay(Protocol):
+    """Shows a job's state each time it is polled."""
+
+    def update(self, job: JobOut) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _NoProgress:
+    def update(self, job: JobOut) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _LineProgress:
+    """A job's `ProgressLine`: its id and status in front of the stage."""
+
+    def __init__(self, stream: TextIO, job_id: str) -> None:
+        self._line = ProgressLine(stream, label=job_id)
+
+    def update(self, job: JobOut) -> None:
+        self._line.update(job.progress.stage, job.progress.fraction, status=job.status.value)
+
+    def close(self) -> None:
+        self._line.close()
+
+
+class _RichProgress:
+    """rich's live bar, on terminals where rich is installed."""
+
+    def __init__(self, stream: TextIO, job_id: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.fields[job_id]}"),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=stream),
+        )
+        self._task = self._progress.add_task("queued", total=1.0, job_id=job_id)
+        self._progress.start()
+
+    def update(self, job: JobOut) -> None:
+        self._progress.update(
+            self._task,
+            completed=job.progress.fraction,
+            description=f"{job.status.value} {job.progress.stage}",
+        )
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def progress_display(progress: ProgressOption, job_id: str) -> ProgressDisplay:
+    """No display, or a bar on stderr (``True``) or the given stream."""
+    if progress is False:
+        return _NoProgress()
+    stream: TextIO = sys.stderr if progress is True else progress
+    if is_terminal(stream):
+        try:
+            return _RichProgress(stream, job_id)
+        except ImportError:
+            pass
+    return _LineProgress(stream, job_id)

@@ -1,0 +1,76 @@
+"""The notebook one-liner as one plan: upload, submit, wait, fetch the report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from api_schemas import DatasetOut, JobOut, Report
+from nnkgeo.client.calls import Plan
+from nnkgeo.client.jobs import ParamsLike, job_create, submit_call, wait_plan
+from nnkgeo.client.progress import ProgressOption
+from nnkgeo.client.results import report_call
+from nnkgeo.client.uploads import is_table, upload_call
+from nnkgeo.errors import UsageError
+
+
+def analyze_plan(
+    embeddings: object,
+    labels: object | None,
+    *,
+    name: str,
+    params: ParamsLike,
+    wait: bool,
+    progress: ProgressOption,
+    timeout: float | None,
+    poll_interval: float,
+) -> Plan[Report | JobOut]:
+    """Upload the labels once and each set's embeddings, submit, and (``wait``) the report.
+
+    Raises
+    ------
+    ValidationProblem
+        For invalid params or set names, before anything is uploaded.
+    UsageError
+        When an upload holds several arrays and none can be chosen.
+    """
+    named = (
+        dict(embeddings)
+        if isinstance(embeddings, Mapping) and not is_table(embeddings)
+        else {name: embeddings}
+    )
+    # Validate before uploading anything: a bad params dict must not cost an upload.
+    job_create([{"name": set_name, "embeddings": {"dataset": "-"}} for set_name in named], params)
+    labels_ref = None
+    if labels is not None:
+        labels_ref = _single_array_ref((yield upload_call(labels, None)), what="labels")
+    sets = []
+    for set_name, set_embeddings in named.items():
+        uploaded = yield upload_call(set_embeddings, None)
+        spec: dict[str, Any] = {
+            "name": set_name,
+            "embeddings": _single_array_ref(uploaded, what=f"embeddings of {set_name!r}"),
+        }
+        if labels_ref is not None:
+            spec["labels"] = labels_ref
+        sets.append(spec)
+    job = yield submit_call(sets, params, None)
+    if not wait:
+        return job
+    finished = yield from wait_plan(
+        job.id, timeout=timeout, progress=progress, poll_interval=poll_interval
+    )
+    return (yield report_call(finished.id))
+
+
+def _single_array_ref(dataset: DatasetOut, *, what: str) -> dict[str, str]:
+    """The one array of an uploaded dataset (for a table: its float columns side by side)."""
+    names = [array.name for array in dataset.arrays]
+    if len(names) == 1:
+        return {"dataset": dataset.id}
+    if "__columns__" in names:
+        return {"dataset": dataset.id, "array": "__columns__"}
+    raise UsageError(
+        f"the {what} upload holds several arrays ({', '.join(names)}); upload it and "
+        "submit the job with the array named, e.g. {'dataset': id, 'array': name}"
+    )
