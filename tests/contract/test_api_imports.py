@@ -1,7 +1,8 @@
 """The API process never imports the engine's heavy libraries.
 
 It serves uploads and reports; torch, faiss, scipy, scikit-learn, numba, umap and
-onnxruntime belong to the workers. Checked in a fresh interpreter with real settings,
+onnxruntime belong to the workers, and so do nnkgeo's own worker packages (the engine, the
+tasks, the page renderer). Checked in a fresh interpreter with real settings,
 after the app is built, so that a lazy import made eager anywhere on the way fails here.
 """
 
@@ -14,7 +15,17 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ENGINE_MODULES = ("torch", "faiss", "scipy", "sklearn", "numba", "umap", "onnxruntime")
+ENGINE_MODULES = (
+    "torch",
+    "faiss",
+    "scipy",
+    "sklearn",
+    "numba",
+    "umap",
+    "onnxruntime",
+    "workers",
+    "htmlreport",
+)
 
 _PROBE = """
 import json, sys
