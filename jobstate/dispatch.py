@@ -74,8 +74,10 @@ def create_celery_app(settings: Settings, *, include: Sequence[str] = ()) -> Cel
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
         broker_transport_options={
-            # Must exceed the hard time limit (Settings checks it): Redis redelivers any
-            # message unacknowledged this long, even if its worker is still busy with it.
+            # Redis redelivers any message unacknowledged this long, even if its worker is
+            # still busy with it; the redelivery finds the job's lease live and is dropped.
+            # A dead worker's job is recovered sooner by the reaper (workers.reaper): this
+            # is the fallback, and the redelivery of an unacked webhook message.
             "visibility_timeout": settings.visibility_timeout_s,
             # kombu sweeps for such messages every interval x throttle seconds (100 s by
             # default); a throttle of 1 makes the interval the only knob.

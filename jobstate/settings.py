@@ -36,6 +36,15 @@ class Settings(BaseSettings):
             "API and every worker."
         ),
     )
+    blob_url: str = Field(
+        "",
+        description=(
+            "Where blobs live: file:///path (default: NNKGEO_DATA_DIR), or "
+            "s3://bucket/prefix, configured by the standard AWS environment variables "
+            "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
+            "AWS_ALLOW_HTTP)."
+        ),
+    )
     api_keys: SecretStr = Field(
         SecretStr(""),
         description="API keys as `tenant:key,tenant2:key2`; keys at least 16 characters.",
@@ -66,12 +75,22 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(
         3900, gt=0, description="Worker: the child process is killed after this."
     )
+    lease_s: int = Field(
+        30,
+        ge=2,
+        description=(
+            "Worker: the lease of a running job, renewed every LEASE_S / 3 by its worker; "
+            "a job whose lease expired (its worker died) is requeued by the reaper, which "
+            "looks every LEASE_S / 3."
+        ),
+    )
     visibility_timeout_s: int = Field(
         4200,
         gt=0,
         description=(
-            "Broker: an unacknowledged job (its worker died) is redelivered after this. "
-            "Must exceed TASK_TIME_LIMIT_S."
+            "Broker: an unacknowledged message is redelivered after this (a fallback: "
+            "leases recover a dead worker's job; a redelivery finding a live lease is "
+            "dropped). Must exceed LEASE_S."
         ),
     )
     unacked_restore_interval_s: int = Field(
@@ -80,7 +99,10 @@ class Settings(BaseSettings):
     task_max_attempts: int = Field(
         3,
         ge=1,
-        description="Worker: deliveries of one job (after worker crashes) before it fails.",
+        description=(
+            "Worker: attempts of one job, and deliveries of one block, before it fails; "
+            "each lease that expires (its worker died) counts one."
+        ),
     )
     cpu_queue: str = Field(
         "cpu", pattern=r"^[a-z][a-z0-9_-]*$", description="Celery queue of CPU jobs."
@@ -234,21 +256,37 @@ class Settings(BaseSettings):
         """`data_roots` as paths, blanks dropped."""
         return [Path(part.strip()) for part in self.data_roots.split(",") if part.strip()]
 
+    @property
+    def lease_ms(self) -> int:
+        """The lease a claim takes, in milliseconds."""
+        return self.lease_s * 1000
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often a worker renews its lease: three chances before it expires."""
+        return self.lease_s / 3
+
+    @property
+    def reaper_interval_s(self) -> float:
+        """How often a worker's reaper looks for expired leases (one acts at a time)."""
+        return self.lease_s / 3
+
     @model_validator(mode="after")
     def _time_limits_are_ordered(self) -> Self:
-        # Redis redelivers an unacknowledged message once visibility_timeout has passed,
-        # whether or not its worker is alive: a job still running then would run twice.
-        # The hard limit kills it first, and the soft limit lets it fail cleanly before that.
+        # A job is bounded by its own time limits; the soft one lets it fail cleanly
+        # before the hard one kills it. The broker's visibility timeout no longer bounds
+        # it: a message redelivered while the job runs finds its lease live and is dropped.
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError(
                 "TASK_SOFT_TIME_LIMIT_S must be below TASK_TIME_LIMIT_S "
                 f"({self.task_soft_time_limit_s} >= {self.task_time_limit_s})"
             )
-        if self.task_time_limit_s >= self.visibility_timeout_s:
+        if self.visibility_timeout_s <= self.lease_s:
+            # A redelivery is the fallback when no reaper runs; one before a lease can
+            # even expire would only ever be dropped.
             raise ValueError(
-                "TASK_TIME_LIMIT_S must be below VISIBILITY_TIMEOUT_S, or a job still running "
-                "would be delivered to a second worker "
-                f"({self.task_time_limit_s} >= {self.visibility_timeout_s})"
+                "VISIBILITY_TIMEOUT_S must exceed LEASE_S "
+                f"({self.visibility_timeout_s} <= {self.lease_s})"
             )
         if self.job_ttl_s < self.result_ttl_s:
             raise ValueError(

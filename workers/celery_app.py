@@ -24,10 +24,13 @@ from celery.signals import celeryd_after_setup, worker_process_init
 
 from jobstate.dispatch import create_celery_app
 from jobstate.settings import get_settings
+from workers.reaper import ReaperStep
 
 logger = logging.getLogger(__name__)
 
 app = create_celery_app(get_settings(), include=["workers.tasks", "workers.webhooks"])
+# Every worker runs the reaper of expired leases (one acts at a time; workers.reaper).
+app.steps["worker"].add(ReaperStep)
 
 
 # Address space a worker's pool process maps beyond its job's memory budget: what it has

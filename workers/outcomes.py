@@ -200,6 +200,18 @@ def worker_lost_problem(job_id: str, deliveries: int, what: str) -> Problem:
     )
 
 
+def lease_lost_problem(job_id: str, attempts: int) -> Problem:
+    """The lease of each of the job's ``attempts`` expired: its worker died or stalled."""
+    return job_problem(
+        job_id,
+        status=500,
+        title="Worker lost",
+        slug="worker-lost",
+        detail=f"The worker running this job died, or stalled until its lease expired, on "
+        f"each of its {attempts} attempts; the job was given up.",
+    )
+
+
 def memory_problem(
     runtime: WorkerRuntime, job_id: str, *, what: str, estimate_bytes: int | None
 ) -> Problem:

@@ -31,7 +31,13 @@ import numpy as np
 from api_schemas import JobStatus
 from jobstate.dispatch import enqueue_assembly, enqueue_block
 from jobstate.records import JobRecord, SetBlocks, ShardedRun, block_key
-from jobstate.store import AssemblyStartOutcome, BlockStartOutcome, ProgressVerdict
+from jobstate.store import (
+    AssemblyStartOutcome,
+    BlockStart,
+    BlockStartOutcome,
+    ProgressVerdict,
+    new_claim_token,
+)
 from workers.celery_app import app
 from workers.geometry import Analysis, EmbeddingSet, SetAnalysis, validate_set
 from workers.geometry.analysis import (
@@ -43,6 +49,7 @@ from workers.geometry.analysis import (
 )
 from workers.geometry.report import assemble_report
 from workers.inputs import load_set
+from workers.leases import holding_lease
 from workers.outcomes import end_job, ending_job_on_error, succeed, worker_lost_problem
 from workers.progress import (
     BLOCKS_PROGRESS_SHARE,
@@ -144,14 +151,57 @@ def run_block(
     runtime = worker_runtime()
     store = runtime.store
     key = block_key(set_index, block_index)
-    start = store.begin_block(tenant, job_id, attempt=attempt, block=key, worker=worker)
+    settings = runtime.settings
+    start = store.begin_block(
+        tenant,
+        job_id,
+        attempt=attempt,
+        block=key,
+        worker=worker,
+        token=new_claim_token(),
+        lease_ms=settings.lease_ms,
+    )
     if start.outcome is BlockStartOutcome.recorded:
         if start.run_awaits_assembly:
             # The block that completed the run may have died before sending the assembly.
             _send_assembly(runtime, job_id, tenant, attempt)
         return start.outcome.value
-    if start.outcome in (BlockStartOutcome.stale, BlockStartOutcome.missing):
+    if start.outcome in (
+        BlockStartOutcome.stale,
+        BlockStartOutcome.missing,
+        BlockStartOutcome.leased,
+    ):
+        # Leased: a redelivered message while the block's worker is alive; leave it be.
         return start.outcome.value
+    assert start.lease is not None
+    try:
+        with holding_lease(
+            store,
+            start.lease,
+            lease_ms=settings.lease_ms,
+            interval_s=settings.heartbeat_interval_s,
+        ):
+            return _solve_block(runtime, job_id, tenant, attempt, set_index, block_index, start)
+    finally:
+        # Recorded, failed or canceled: no reaper should send this block again.
+        try:
+            store.release_lease(start.lease)
+        except Exception:
+            logger.exception("job %s: releasing the lease of block %s failed", job_id, key)
+
+
+def _solve_block(
+    runtime: WorkerRuntime,
+    job_id: str,
+    tenant: str,
+    attempt: int,
+    set_index: int,
+    block_index: int,
+    start: BlockStart,
+) -> str:
+    """Solve a block whose start (and lease) `run_block` holds; record it once."""
+    store = runtime.store
+    key = block_key(set_index, block_index)
     job = store.get_job(tenant, job_id)
     run = store.get_run(tenant, job_id, attempt)
     if job is None or run is None:

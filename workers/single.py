@@ -7,8 +7,12 @@ The delivery claims the job (attempt n) and then:
 - a small job (every set one block) is analysed right there by `analyze`;
 - a large one is fanned out in row blocks (`workers.sharded`).
 
-A message for a finished job does nothing, and a job whose worker died is claimed again
-and finishes once; one whose process died of memory ends saying so.
+The claim takes the job's lease, which a heartbeat thread renews while the job runs
+here (`workers.leases`); a sharded job's lease is released once its blocks are sent.
+A message for a finished job does nothing, nor does one for a job whose lease another
+worker holds (a redelivery); a job whose worker died is requeued by the reaper when its
+lease expires, claimed again and finishes once; one whose process died of memory ends
+saying so.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from jobstate.errors import AnalysisCanceled
 from jobstate.memory_budget import estimate_set_memory, plan_solve
 from jobstate.records import JobRecord, utc_now
 from jobstate.retention import sweep_expired_graphs
-from jobstate.store import ClaimOutcome
+from jobstate.store import ClaimOutcome, Lease, new_claim_token
 from workers.geometry import EmbeddingSet, analyze
 from workers.inputs import load_set
+from workers.leases import holding_lease
 from workers.model_jobs import build_model_job_sets
 from workers.outcomes import ending_job_on_error, memory_problem, succeed, worker_lost_problem
 from workers.progress import MODEL_PROGRESS_SHARE, JobProgressReporter, progress_share
@@ -39,9 +44,19 @@ def run_job(job_id: str, tenant: str) -> None:
     claimed = _claim(runtime, job_id, tenant)
     if claimed is None:
         return
-    job, attempt = claimed
+    job, attempt, lease = claimed
+    settings = runtime.settings
+    fanned_out = False
     try:
-        with ending_job_on_error(runtime, job, attempt=attempt):
+        with (
+            holding_lease(
+                runtime.store,
+                lease,
+                lease_ms=settings.lease_ms,
+                interval_s=settings.heartbeat_interval_s,
+            ),
+            ending_job_on_error(runtime, job, attempt=attempt),
+        ):
             if job.cancel_requested:
                 raise AnalysisCanceled(f"job {job_id} was canceled")
             if job.spec.kind != "sets":
@@ -56,6 +71,7 @@ def run_job(job_id: str, tenant: str) -> None:
             set_blocks = plan_sets(runtime, sets, job)
             if needs_sharding([s.blocks for s in set_blocks]):
                 fan_out(runtime, job, sets, set_blocks, attempt=attempt)
+                fanned_out = True
                 return
             _record_estimate(runtime, job, sets, attempt=attempt)
             analysis = analyze(
@@ -68,17 +84,29 @@ def run_job(job_id: str, tenant: str) -> None:
             )
             succeed(runtime, job, analysis, attempt=attempt, sets=sets)
     finally:
+        if fanned_out:
+            # The blocks carry on in their own deliveries, each counted by the run; the
+            # job's lease covered only this planning step.
+            try:
+                runtime.store.release_lease(lease)
+            except Exception:
+                logger.exception("job %s: releasing its lease failed", job_id)
         try:
             sweep_expired_graphs(runtime.store, runtime.blobs)
         except Exception:
             logger.exception("sweeping expired graphs failed")
 
 
-def _claim(runtime: WorkerRuntime, job_id: str, tenant: str) -> tuple[JobRecord, int] | None:
+def _claim(runtime: WorkerRuntime, job_id: str, tenant: str) -> tuple[JobRecord, int, Lease] | None:
     """Claim the job for this delivery; None when there is nothing to run."""
     store = runtime.store
     claim = store.claim_job(
-        tenant, job_id, now=utc_now(), max_attempts=runtime.settings.task_max_attempts
+        tenant,
+        job_id,
+        now=utc_now(),
+        max_attempts=runtime.settings.task_max_attempts,
+        token=new_claim_token(),
+        lease_ms=runtime.settings.lease_ms,
     )
     if claim.outcome is ClaimOutcome.missing:
         logger.warning("job %s of %s: no record (expired?); dropping the message", job_id, tenant)
@@ -87,6 +115,13 @@ def _claim(runtime: WorkerRuntime, job_id: str, tenant: str) -> tuple[JobRecord,
     job = claim.job
     if claim.outcome is ClaimOutcome.finished:
         logger.info("job %s already %s; nothing to do", job_id, job.status.value)
+        return None
+    if claim.outcome is ClaimOutcome.leased:
+        # A redelivered message (the broker's visibility timeout, a lost connection)
+        # while the attempt that holds the lease is alive: leave that attempt be.
+        logger.info(
+            "job %s: attempt %d holds its lease; dropping this delivery", job_id, claim.attempt
+        )
         return None
     if claim.outcome is ClaimOutcome.exhausted:
         store.finish_job(
@@ -121,8 +156,9 @@ def _claim(runtime: WorkerRuntime, job_id: str, tenant: str) -> tuple[JobRecord,
                 ),
             )
             return None
+    assert claim.lease is not None
     logger.info("job %s of %s: attempt %d", job_id, tenant, claim.attempt)
-    return job, claim.attempt
+    return job, claim.attempt, claim.lease
 
 
 def _record_estimate(

@@ -40,6 +40,7 @@ from jobstate.store.jobs import (
     ProgressVerdict,
 )
 from jobstate.store.keys import PREFIX
+from jobstate.store.leases import Lease, LeaseStore, Reaped, ReapOutcome, new_claim_token
 from jobstate.store.metrics import (
     FINAL_STATUSES,
     JOB_DURATION_BUCKETS_S,
@@ -80,17 +81,22 @@ __all__ = [
     "IdempotentRequest",
     "JobFinishedHook",
     "JobMetrics",
+    "Lease",
     "ProgressVerdict",
+    "ReapOutcome",
+    "Reaped",
     "Store",
     "StoredBytesQuotaError",
     "WebhookDelivery",
     "WebhookState",
     "duration_bucket",
+    "new_claim_token",
 ]
 
 
 class Store(
     JobStore,
+    LeaseStore,
     AttemptMemoryStore,
     RunStore,
     ResultStore,

@@ -21,12 +21,16 @@ from jobstate.store.base import StoreBase, isoformat_or_none, parse_time
 from jobstate.store.keys import (
     JOBS_FINISHED_KEY,
     JOBS_SUBMITTED_KEY,
+    LEASES_KEY,
     active_jobs_key,
     dataset_pins_key,
     job_duration_key,
     job_index_key,
     job_key,
+    lease_key,
+    lease_member,
 )
+from jobstate.store.leases import Lease
 from jobstate.store.metrics import duration_bucket
 
 ACTIVE_JOB_ADMISSION_GRACE_S = 60
@@ -45,6 +49,7 @@ class ClaimOutcome(StrEnum):
     missing = "missing"
     finished = "finished"
     exhausted = "exhausted"
+    leased = "leased"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Claim:
     outcome: ClaimOutcome
     attempt: int
     job: JobRecord | None
+    lease: Lease | None = None
 
 
 class CancelOutcome(StrEnum):
@@ -126,14 +132,51 @@ class JobStore(StoreBase):
         next_cursor = page[-1].id if len(collected) > limit and page else None
         return page, next_cursor
 
-    def claim_job(self, tenant: str, job_id: str, *, now: datetime, max_attempts: int) -> Claim:
-        """Start (or, after a worker died, restart) a queued or running job."""
+    def claim_job(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        now: datetime,
+        max_attempts: int,
+        token: str,
+        lease_ms: int,
+    ) -> Claim:
+        """Start a queued job, or restart a running one whose lease expired.
+
+        Parameters
+        ----------
+        tenant, job_id
+            The job.
+        now
+            Its start time, kept from the first attempt.
+        max_attempts
+            Attempts it may make; past them the claim answers ``exhausted``.
+        token
+            Unique to this delivery (`jobstate.store.leases.new_claim_token`): a claim
+            retried with it answers as the first run did.
+        lease_ms
+            The lease the claim takes, for its holder to renew.
+
+        Returns
+        -------
+        Claim
+            ``claimed`` with the attempt and its lease; ``leased`` when another attempt
+            holds a live lease (a redelivered message: leave it be); ``missing``,
+            ``finished`` or ``exhausted`` otherwise.
+        """
         outcome, attempt = self._scripts.claim_job(
-            keys=[job_key(tenant, job_id)], args=[now.isoformat(), max_attempts]
+            keys=[job_key(tenant, job_id), lease_key(tenant, job_id), LEASES_KEY],
+            args=[now.isoformat(), max_attempts, token, lease_ms, lease_member(tenant, job_id)],
         )
         claim_outcome = ClaimOutcome(outcome)
         job = self.get_job(tenant, job_id) if claim_outcome is not ClaimOutcome.missing else None
-        return Claim(outcome=claim_outcome, attempt=int(attempt), job=job)
+        lease = (
+            Lease(tenant, job_id, int(attempt), token)
+            if claim_outcome is ClaimOutcome.claimed
+            else None
+        )
+        return Claim(outcome=claim_outcome, attempt=int(attempt), job=job, lease=lease)
 
     def record_progress(
         self, tenant: str, job_id: str, *, attempt: int, stage: str, fraction: float
@@ -170,6 +213,8 @@ class JobStore(StoreBase):
             JOBS_FINISHED_KEY,
             job_duration_key(status.value),
             active_jobs_key(job.tenant),
+            lease_key(job.tenant, job.id),
+            LEASES_KEY,
             *(dataset_pins_key(job.tenant, d) for d in job.spec.dataset_ids()),
         ]
         args = [
@@ -183,6 +228,7 @@ class JobStore(StoreBase):
             f"{duration_s or 0.0:.6f}",
             job.id,
             status.value,
+            lease_member(job.tenant, job.id),
         ]
         ended = bool(self._scripts.finish_job(keys=keys, args=args))
         if ended:

@@ -15,6 +15,16 @@ they are used in a key.
     t:{t}:job:{id}                hash, the job record; TTL JOB_TTL_S
     t:{t}:job:{id}:run:{attempt}  hash, one attempt at a sharded job (`jobstate.store.runs`);
                                   TTL JOB_TTL_S
+    t:{t}:job:{id}:lease          string "{attempt}:{claim token}": the running attempt's
+                                  lease, renewed by its worker's heartbeat; TTL LEASE_S
+    t:{t}:job:{id}:run:{attempt}:lease:{block}
+                                  string "{attempt}:{token}": the lease of one block being
+                                  solved, renewed by its worker's heartbeat; TTL LEASE_S
+    leases                        zset "{t}/{id}" (a job) or "{t}/{id}/{attempt}/{block}"
+                                  (a block) -> unix ms its lease expires: the reaper's index
+                                  of running work (`jobstate.store.leases`)
+    lock:reaper                   string, the reaper acting now (one across all workers);
+                                  TTL about LEASE_S
     t:{t}:job:{id}:webhook        hash, delivery of the job's end event (`WebhookDelivery`);
                                   TTL JOB_TTL_S
     t:{t}:job:{id}:memory         hash {estimate:{attempt}, died:{attempt}, budget}: each
@@ -46,6 +56,8 @@ PREFIX = "nnkgeo:"
 GRAPH_BLOBS_KEY = f"{PREFIX}blobs:graphs"
 JOBS_SUBMITTED_KEY = f"{PREFIX}metrics:jobs_submitted"
 JOBS_FINISHED_KEY = f"{PREFIX}metrics:jobs_finished"
+LEASES_KEY = f"{PREFIX}leases"
+REAPER_LOCK_KEY = f"{PREFIX}lock:reaper"
 
 
 def dataset_key(tenant: str, dataset_id: str) -> str:
@@ -76,6 +88,26 @@ def job_key(tenant: str, job_id: str) -> str:
 def run_key(tenant: str, job_id: str, attempt: int) -> str:
     """One attempt at a sharded job."""
     return f"{PREFIX}t:{tenant}:job:{job_id}:run:{attempt}"
+
+
+def lease_key(tenant: str, job_id: str) -> str:
+    """The lease of a job's running attempt."""
+    return f"{PREFIX}t:{tenant}:job:{job_id}:lease"
+
+
+def lease_member(tenant: str, job_id: str) -> str:
+    """A job's member in the lease index (tenant names and job ids hold no "/")."""
+    return f"{tenant}/{job_id}"
+
+
+def block_lease_key(tenant: str, job_id: str, attempt: int, block: str) -> str:
+    """The lease of one block of a sharded attempt."""
+    return f"{PREFIX}t:{tenant}:job:{job_id}:run:{attempt}:lease:{block}"
+
+
+def block_lease_member(tenant: str, job_id: str, attempt: int, block: str) -> str:
+    """A block's member in the lease index (block keys are "{set}:{block}")."""
+    return f"{tenant}/{job_id}/{attempt}/{block}"
 
 
 def attempt_memory_key(tenant: str, job_id: str) -> str:

@@ -7,26 +7,36 @@ from datetime import datetime
 
 from jobstate.records import GraphFiles, ResultRecord
 from jobstate.store.datasets import BlobReferenceStore
-from jobstate.store.keys import result_cache_key, result_key
+from jobstate.store.keys import job_key, result_cache_key, result_key
 
 
 class ResultStore(BlobReferenceStore):
     """Results and the result cache; a live result keeps its graph blobs alive."""
 
     def put_result(
-        self, tenant: str, result: ResultRecord, *, only_if_absent: bool = False
+        self,
+        tenant: str,
+        result: ResultRecord,
+        *,
+        only_if_absent: bool = False,
+        fence: tuple[str, int] | None = None,
     ) -> bool:
         """Store a result; with `only_if_absent`, keep the one stored first (False then).
 
         Two copies of one job's last step may race (a redelivered message); the first
         result stays, so its report and ETag never change once a client has seen them.
+        With `fence` = (job id, attempt) the result is stored only while the job runs as
+        that attempt (False otherwise): a stale attempt stores nothing.
         """
+        if fence is not None:
+            only_if_absent = True
         key = result_key(tenant, result.id)
         graphs = {name: files.model_dump() for name, files in result.graphs.items()}
         graphs_json = json.dumps(graphs, separators=(",", ":"))
         if only_if_absent:
+            job_id, attempt = fence if fence is not None else ("", 0)
             stored = self._scripts.put_result_once(
-                keys=[key],
+                keys=[key, job_key(tenant, job_id)] if fence is not None else [key],
                 args=[
                     result.report_json,
                     result.etag,
@@ -34,9 +44,10 @@ class ResultStore(BlobReferenceStore):
                     result.created_at.isoformat(),
                     self.result_ttl_s,
                     result.page or "",
+                    *([str(attempt)] if fence is not None else []),
                 ],
             )
-            return bool(stored)
+            return int(stored) == 1
         with self._redis.pipeline() as pipe:
             pipe.hset(
                 key,

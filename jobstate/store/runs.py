@@ -18,7 +18,8 @@ from api_schemas import JobStatus
 from jobstate.records import RunProgress, ShardedRun
 from jobstate.store.base import StoreBase
 from jobstate.store.jobs import ProgressVerdict
-from jobstate.store.keys import job_key, run_key
+from jobstate.store.keys import LEASES_KEY, job_key, run_key
+from jobstate.store.leases import Lease
 
 
 class BlockStartOutcome(StrEnum):
@@ -31,6 +32,8 @@ class BlockStartOutcome(StrEnum):
     """The job finished, or a newer attempt replaced this run."""
     missing = "missing"
     """No such run (expired)."""
+    leased = "leased"
+    """Another delivery holds a live lease on the block (a redelivered message)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class BlockStart:
     outcome: BlockStartOutcome
     deliveries: int = 0
     run_awaits_assembly: bool = False
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -124,17 +128,33 @@ class RunStore(StoreBase):
         return ProgressVerdict.cancel_requested if cancel else ProgressVerdict.carry_on
 
     def begin_block(
-        self, tenant: str, job_id: str, *, attempt: int, block: str, worker: str
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        attempt: int,
+        block: str,
+        worker: str,
+        token: str,
+        lease_ms: int,
     ) -> BlockStart:
-        """Decide whether a delivered block task solves its block; count the start if so."""
+        """Decide whether a delivered block task solves its block; count the start if so.
+
+        A start takes the block's lease (``BlockStart.lease``), for the worker to renew
+        while it solves the block and release once it is recorded; a delivery finding a
+        live lease held by another answers ``leased``.
+        """
+        lease = Lease(tenant, job_id, attempt, token, block=block)
         outcome, deliveries, awaiting = self._scripts.begin_block(
-            keys=[job_key(tenant, job_id), run_key(tenant, job_id, attempt)],
-            args=[attempt, block, worker],
+            keys=[job_key(tenant, job_id), run_key(tenant, job_id, attempt), lease.key, LEASES_KEY],
+            args=[attempt, block, worker, token, lease_ms, lease.member],
         )
+        start_outcome = BlockStartOutcome(outcome)
         return BlockStart(
-            outcome=BlockStartOutcome(outcome),
+            outcome=start_outcome,
             deliveries=int(deliveries),
             run_awaits_assembly=bool(awaiting),
+            lease=lease if start_outcome is BlockStartOutcome.start else None,
         )
 
     def record_block(

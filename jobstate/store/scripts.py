@@ -2,9 +2,14 @@
 
 Job status changes happen in scripts, so that each is atomic: a worker finishing a job,
 a client cancelling it and a redelivered message claiming it cannot interleave. A claim
-increments the job's ``attempts``, and a worker may only report progress, plan a run,
-start or record a block, or finish with the attempt number it claimed (a fencing
-token), so a stale run can never overwrite the outcome of a newer one.
+increments the job's ``attempts`` and takes its lease, and succeeds only on a queued job
+or one whose lease expired; a worker may only report progress, plan a run, start or
+record a block, store the result, or finish with the attempt number it claimed (a
+fencing token), so a stale run can never overwrite the outcome of a newer one. The
+reaper puts a job whose lease expired back to ``queued``, which fences out its old
+attempt at once. Scripts that redis-py may run twice (it retries once on a dropped
+connection) answer the second run as they did the first: a claim and a block start
+recognise their own token, a finish its own attempt and status.
 
 Above each script: its KEYS, its ARGV and its reply. The store's client decodes replies,
 so a Lua string comes back as `str` and a Lua number as `int`. Keys are named in
@@ -18,16 +23,35 @@ from dataclasses import dataclass
 import redis
 from redis.commands.core import Script
 
-# KEYS: job.
-# ARGV: started_at (ISO time), most attempts.
+# The current Redis time in milliseconds: leases are timed by Redis's clock alone, so
+# that workers on hosts whose clocks disagree still agree on when a lease expires.
+_NOW_MS = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+# KEYS: job, its lease, the lease index.
+# ARGV: started_at (ISO time), most attempts, claim token (unique per delivery), lease
+#       milliseconds, lease index member ("{tenant}/{job id}").
 # Reply: {outcome, attempt}: {'claimed', the new attempt number}, {'missing', 0},
-#        {'finished', 0} or {'exhausted', attempts so far}. Only a claim writes: it
-#        counts the attempt and (re)starts the job's progress.
-CLAIM_JOB = """
+#        {'finished', 0}, {'leased', current attempt} (running, and its lease is live:
+#        a redelivered message must not fence out the worker holding it) or
+#        {'exhausted', attempts so far}. Only a claim writes: it counts the attempt,
+#        takes the lease and (re)starts the job's progress. A claim run again with the
+#        same token (redis-py retrying after a lost reply) finds its own lease and
+#        answers {'claimed', the same attempt}, counting nothing.
+CLAIM_JOB = (
+    _NOW_MS
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', 0} end
 if status ~= 'queued' and status ~= 'running' then return {'finished', 0} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local lease = redis.call('GET', KEYS[2])
+if lease then
+  if lease == attempts .. ':' .. ARGV[3] then return {'claimed', attempts} end
+  if status == 'running' then return {'leased', attempts} end
+end
 if attempts >= tonumber(ARGV[2]) then return {'exhausted', attempts} end
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'progress_stage', 'starting',
@@ -35,20 +59,108 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'progress_stage', 'starting',
 if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
 end
+redis.call('SET', KEYS[2], attempts .. ':' .. ARGV[3], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[4]), ARGV[5])
 return {'claimed', attempts}
 """
+)
 
-# KEYS: job, finished counter, duration histogram, the tenant's active jobs, then the
-#       job's dataset pin sets.
+# KEYS: job lease, the lease index.
+# ARGV: lease value ("{attempt}:{claim token}"), lease milliseconds, lease index member.
+# Reply: 1 (renewed) or 0 (the lease is no longer this holder's: expired, or released
+#        when the job finished or was requeued).
+RENEW_LEASE = (
+    _NOW_MS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[3])
+return 1
+"""
+)
+
+# KEYS: job lease, the lease index.
+# ARGV: lease value, lease index member.
+# Reply: 1 (released) or 0 (not this holder's lease; left alone).
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: job, run, block lease, the lease index.
+# ARGV: lease index member, attempt, block key.
+# Reply: 'gone' (the job no longer runs as that attempt, or the block is recorded:
+#        dropped from the index), 'alive' (its lease is live) or 'requeued' (its lease
+#        expired: the caller sends the block again; its next delivery is counted, and the
+#        job fails past the most attempts, in BEGIN_BLOCK's caller).
+REAP_BLOCK_LEASE = (
+    _NOW_MS
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+   or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2]
+   or redis.call('EXISTS', KEYS[2]) == 0
+   or redis.call('HEXISTS', KEYS[2], 'result:' .. ARGV[3]) == 1 then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return 'gone'
+end
+local ttl = redis.call('PTTL', KEYS[3])
+if ttl > 0 then
+  redis.call('ZADD', KEYS[4], now_ms + ttl, ARGV[1])
+  return 'alive'
+end
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 'requeued'
+"""
+)
+
+# KEYS: job, its lease, the lease index.
+# ARGV: lease index member, most attempts.
+# Reply: {outcome, attempts}: 'gone' (not running, or no record: dropped from the
+#        index), 'alive' (the lease is live; its index entry moved to its expiry),
+#        'requeued' (lease expired: the job is queued again, to be claimed as the next
+#        attempt) or 'exhausted' (lease expired on the last attempt: the caller fails
+#        the job, fenced by that attempt).
+REAP_LEASE = (
+    _NOW_MS
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {'gone', 0}
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then
+  redis.call('ZADD', KEYS[3], now_ms + ttl, ARGV[1])
+  return {'alive', attempts}
+end
+if attempts >= tonumber(ARGV[2]) then return {'exhausted', attempts} end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'progress_stage', 'requeued',
+           'progress_fraction', '0')
+redis.call('ZREM', KEYS[3], ARGV[1])
+return {'requeued', attempts}
+"""
+)
+
+# KEYS: job, finished counter, duration histogram, the tenant's active jobs, the job's
+#       lease, the lease index, then the job's dataset pin sets.
 # ARGV: status, finished_at, attempt ('' = any), allowed current statuses (comma list),
 #       error JSON ('' = none), result id ('' = none), duration bucket ('' = none),
-#       duration seconds, job id, progress stage.
+#       duration seconds, job id, progress stage, lease index member.
 # Reply: 1 when the job moved to the final status (counted in the metrics, its active
-#        entry and dataset pins released), 0 when it was not in an allowed status or,
-#        given an attempt, was claimed again since.
+#        entry, lease and dataset pins released), 0 when it was not in an allowed status
+#        or, given an attempt, was claimed (or requeued) since. Given an attempt, a finish
+#        run again (redis-py retrying after a lost reply) finds the job already ended by
+#        that attempt with that status and answers 1 again, changing nothing.
 FINISH_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
+if ARGV[3] ~= '' and status == ARGV[1]
+   and redis.call('HGET', KEYS[1], 'finished_attempt') == ARGV[3] then
+  return 1
+end
 local allowed = false
 for candidate in string.gmatch(ARGV[4], '[^,]+') do
   if candidate == status then allowed = true end
@@ -57,6 +169,9 @@ if not allowed then return 0 end
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2],
            'progress_stage', ARGV[10])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'finished_attempt', ARGV[3]) end
+redis.call('DEL', KEYS[5])
+redis.call('ZREM', KEYS[6], ARGV[11])
 if ARGV[1] == 'succeeded' then redis.call('HSET', KEYS[1], 'progress_fraction', '1') end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result_id', ARGV[6]) end
@@ -68,7 +183,7 @@ if ARGV[7] ~= '' then
   redis.call('HINCRBY', KEYS[3], 'count', 1)
 end
 redis.call('ZREM', KEYS[4], ARGV[9])
-for i = 5, #KEYS do redis.call('SREM', KEYS[i], ARGV[9]) end
+for i = 7, #KEYS do redis.call('SREM', KEYS[i], ARGV[9]) end
 return 1
 """
 
@@ -122,12 +237,17 @@ redis.call('HSET', KEYS[1], 'progress_stage', ARGV[5], 'progress_fraction', '0')
 return 0
 """
 
-# KEYS: job, run.
-# ARGV: attempt, block key, worker name.
+# KEYS: job, run, the block's lease, the lease index.
+# ARGV: attempt, block key, worker name, claim token, lease milliseconds, lease index
+#       member.
 # Reply: {outcome, deliveries of the block, 1 if the run awaits its assembly else 0};
-#        outcome is 'start' (the delivery counted), 'recorded', 'canceled', 'stale' or
-#        'missing'.
-BEGIN_BLOCK = """
+#        outcome is 'start' (the delivery counted, the block's lease taken), 'leased'
+#        (another delivery holds a live lease on the block: a redelivered message),
+#        'recorded', 'canceled', 'stale' or 'missing'. Run again with the same token
+#        (a client retry), it answers 'start' with the same count.
+BEGIN_BLOCK = (
+    _NOW_MS
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then
   return {'stale', 0, 0}
@@ -139,10 +259,19 @@ if redis.call('HEXISTS', KEYS[2], 'result:' .. ARGV[2]) == 1 then
                    and redis.call('HEXISTS', KEYS[2], 'assembly_started') == 0
   return {'recorded', 0, awaiting and 1 or 0}
 end
+local lease = redis.call('GET', KEYS[3])
+if lease then
+  local deliveries = tonumber(redis.call('HGET', KEYS[2], 'deliveries:' .. ARGV[2]) or '0')
+  if lease == ARGV[1] .. ':' .. ARGV[4] then return {'start', deliveries, 0} end
+  return {'leased', deliveries, 0}
+end
 local deliveries = redis.call('HINCRBY', KEYS[2], 'deliveries:' .. ARGV[2], 1)
 redis.call('HSET', KEYS[2], 'started_by:' .. ARGV[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[1] .. ':' .. ARGV[4], 'PX', ARGV[5])
+redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[5]), ARGV[6])
 return {'start', deliveries, 0}
 """
+)
 
 # KEYS: job, run.
 # ARGV: attempt, block key, blob sha, share of progress the blocks span.
@@ -184,10 +313,16 @@ redis.call('HSET', KEYS[2], 'assembly_started', '1')
 return {'start', redis.call('HINCRBY', KEYS[2], 'deliveries:assemble', 1)}
 """
 
-# KEYS: result.
-# ARGV: report, etag, graphs JSON, created_at, TTL, page blob sha256 ('' = none).
-# Reply: 1 (stored) or 0 (a result exists already, and stays).
+# KEYS: result, then optionally the job whose attempt stores it.
+# ARGV: report, etag, graphs JSON, created_at, TTL, page blob sha256 ('' = none), then
+#       with the job key the attempt storing it.
+# Reply: 1 (stored), 0 (a result exists already, and stays) or -1 (the job is no longer
+#        running as that attempt: a stale attempt stores nothing).
 PUT_RESULT_ONCE = """
+if KEYS[2] and (redis.call('HGET', KEYS[2], 'status') ~= 'running'
+                or redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[7]) then
+  return -1
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'report', ARGV[1], 'etag', ARGV[2], 'graphs', ARGV[3],
            'created_at', ARGV[4], 'page', ARGV[6])
@@ -237,6 +372,10 @@ class Scripts:
     """Every script, registered on one client (loaded into Redis on first use)."""
 
     claim_job: Script
+    renew_lease: Script
+    release_lease: Script
+    reap_lease: Script
+    reap_block_lease: Script
     finish_job: Script
     admit_active_job: Script
     request_cancel: Script
@@ -266,6 +405,10 @@ class Scripts:
         """
         return cls(
             claim_job=client.register_script(CLAIM_JOB),
+            renew_lease=client.register_script(RENEW_LEASE),
+            release_lease=client.register_script(RELEASE_LEASE),
+            reap_lease=client.register_script(REAP_LEASE),
+            reap_block_lease=client.register_script(REAP_BLOCK_LEASE),
             finish_job=client.register_script(FINISH_JOB),
             admit_active_job=client.register_script(ADMIT_ACTIVE_JOB),
             request_cancel=client.register_script(REQUEST_CANCEL),

@@ -33,9 +33,10 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "TASK_SOFT_TIME_LIMIT_S must be below TASK_TIME_LIMIT_S",
         ),
         (
-            {"NNKGEO_TASK_TIME_LIMIT_S": "5000", "NNKGEO_VISIBILITY_TIMEOUT_S": "4000"},
-            "TASK_TIME_LIMIT_S must be below VISIBILITY_TIMEOUT_S",
+            {"NNKGEO_LEASE_S": "60", "NNKGEO_VISIBILITY_TIMEOUT_S": "60"},
+            "VISIBILITY_TIMEOUT_S must exceed LEASE_S",
         ),
+        ({"NNKGEO_LEASE_S": "1"}, "NNKGEO_LEASE_S"),
         (
             {"NNKGEO_JOB_TTL_S": "10", "NNKGEO_RESULT_TTL_S": "20"},
             "JOB_TTL_S must be at least RESULT_TTL_S",
@@ -61,7 +62,20 @@ def test_defaults_are_safe() -> None:
     settings = load_settings()
 
     assert settings.task_soft_time_limit_s < settings.task_time_limit_s
-    assert settings.task_time_limit_s < settings.visibility_timeout_s
+    assert settings.lease_s < settings.visibility_timeout_s
+    # Recovery of a dead worker's job: lease expiry plus a reaper sweep, well under 60 s.
+    assert settings.lease_s + settings.reaper_interval_s < 60
+    assert settings.heartbeat_interval_s == settings.lease_s / 3
+
+
+def test_a_long_job_is_bounded_by_its_own_time_limit_not_the_visibility_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NNKGEO_TASK_SOFT_TIME_LIMIT_S", "20000")
+    monkeypatch.setenv("NNKGEO_TASK_TIME_LIMIT_S", "21600")
+    settings = load_settings()
+
+    assert settings.task_time_limit_s > settings.visibility_timeout_s
     assert "redis://" in settings.redis_url
 
 

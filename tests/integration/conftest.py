@@ -17,14 +17,16 @@ from tests.integration.stack import ServiceStack
 
 # Small enough for the bad-input corpus to cross cheaply, big enough for every test job.
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-# Time limits below the visibility timeout, as the service demands, and small, so that a
-# job whose worker was SIGKILLed is redelivered within seconds.
+# Small time limits, so that the tests of them take seconds; a short visibility timeout,
+# so that the broker's redeliveries (dropped while a lease is live) happen in the tests too.
 STACK_SETTINGS = {
     "NNKGEO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
     "NNKGEO_TASK_SOFT_TIME_LIMIT_S": "10",
     "NNKGEO_TASK_TIME_LIMIT_S": "12",
     "NNKGEO_VISIBILITY_TIMEOUT_S": "14",
     "NNKGEO_UNACKED_RESTORE_INTERVAL_S": "1",
+    # Short leases: a dead worker's job is requeued within seconds (see test_leases).
+    "NNKGEO_LEASE_S": "3",
     "NNKGEO_LOG_LEVEL": "INFO",
 }
 

@@ -161,7 +161,9 @@ def test_job_whose_pool_process_is_killed_is_redelivered_and_finishes_once(
     job_id = submit(alpha, job_body(*alpha_digits, k=45)).json()["id"]
     wait_for_status(alpha, job_id, ("running",), interval_s=0.01)
 
-    # The pool child runs the task; its parent sees it die and requeues the message.
+    # The pool child runs the task; its parent sees it die and requeues the message, which
+    # finds the dead attempt's lease still live and is dropped: the reaper requeues the
+    # job once the lease expires.
     children = psutil.Process(stack.worker.process.pid).children()
     assert children
     for child in children:
@@ -184,8 +186,9 @@ def test_job_whose_worker_is_killed_is_redelivered_to_a_new_worker_and_finishes_
     job_id = submit(alpha, job_body(*alpha_digits, k=40)).json()["id"]
     wait_for_status(alpha, job_id, ("running",), interval_s=0.01)
 
-    # The whole worker dies (as with a host crash): the message stays unacknowledged in
-    # Redis until the visibility timeout, then goes to whichever worker is there.
+    # The whole worker dies (as with a host crash): its job's lease expires, and the
+    # reaper of whichever worker is up requeues it (tests/integration/test_leases.py
+    # bounds the time; the broker's redelivery after the visibility timeout is dropped).
     stack.kill_worker()
     assert_problem(alpha.get("/readyz"), 503, field="workers")
     orphaned = store.get_job("alpha", job_id)
