@@ -246,6 +246,9 @@ class DatasetService:
             created_at=utc_now(),
         )
         check_record_size(record)
+        # An object store receives the bytes now, outside the lock; the commit under it
+        # is then a server-side copy. The staging context deletes what is not committed.
+        self._blobs.upload(staged)
         try:
             with self._store.blob_lock(record.sha256):
                 self._blobs.commit(staged)

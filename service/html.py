@@ -56,7 +56,7 @@ def read_report_page(result: ResultRecord, blobs: BlobStore, *, job_id: str) -> 
             title="Report page not stored",
         )
     try:
-        page = blobs.path_of(result.page).read_bytes()
+        page = blobs.read_bytes(result.page)
     except FileNotFoundError:
         raise ProblemError(
             410, f"The report page of job {job_id} has expired.", slug="result-expired"

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 import api_schemas
 from api_schemas import Problem
-from jobstate.blobs import BlobStore
+from jobstate.blobs import open_blob_store
 from jobstate.dispatch import (
     create_celery_app,
     enqueue_analysis,
@@ -99,7 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     celery = create_celery_app(settings)
     # Jobs also end here (a queued job canceled, a cache hit): their webhooks go out too.
     store = Store.from_settings(settings, on_job_finished=job_end_announcer(celery, settings))
-    blobs = BlobStore(settings.data_dir)
+    # An object store: the API's data dir holds only staging files, deleted per request.
+    blobs = open_blob_store(settings.blob_url, settings.data_dir)
     blobs.ensure_directories()
 
     registry = CollectorRegistry()

@@ -27,6 +27,7 @@ def put_blob(runtime: WorkerRuntime, writer: Callable[[BinaryIO], None], *, pref
     """
     staged = runtime.blobs.write_new(writer, prefix=prefix)
     try:
+        runtime.blobs.upload(staged)  # the transfer, outside the lock
         with runtime.store.blob_lock(staged.sha256):
             runtime.blobs.commit(staged)
             runtime.store.register_graph_blobs([staged.sha256])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from jobstate.blobs import BlobStore
+from jobstate.blobs import BlobStore, open_blob_store
 from jobstate.dispatch import job_end_announcer
 from jobstate.settings import Settings, get_settings
 from jobstate.store import Store
@@ -63,7 +63,8 @@ def worker_runtime() -> WorkerRuntime:
             # Every job's end, on any path (finish, cancel, failure, time limit), is
             # announced by the store: jobs with a callback_url get their webhook queued.
             store=Store.from_settings(settings, on_job_finished=job_end_announcer(app, settings)),
-            blobs=BlobStore(settings.data_dir),
+            # Workers cache what they store: a sharded run reads its blocks back.
+            blobs=open_blob_store(settings.blob_url, settings.data_dir, cache_writes=True),
         )
         _runtime_pid = os.getpid()
         _limit_cpu_threads(_runtime.threads)

@@ -1,4 +1,4 @@
-"""Content-addressed blob store on a local (or shared) directory.
+"""Content-addressed blobs in a local (or shared) directory, and the interface all stores share.
 
     {data_dir}/blobs/{sha[:2]}/{sha}   finished blobs, read-only, named by their sha256
     {data_dir}/tmp/                    files being written; renamed into blobs/ when done
@@ -7,11 +7,14 @@ A blob appears under its name only complete (os.replace on the same filesystem i
 atomic), so a reader never sees a half-written file. The caller holds
 `Store.blob_lock(sha)` while it commits or removes a blob, so that a removal cannot
 race a new upload of the same bytes.
+
+`BlobStore` is both the interface and the local implementation: staging is local for
+every store (the bytes are hashed as they are written), and an object store
+(`jobstate.blobs.objects.ObjectBlobStore`) overrides only where finished blobs live.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -22,58 +25,29 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from jobstate.blobs.staging import READ_CHUNK, StagedBlob
+
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-_READ_CHUNK = 1 << 20
 
 logger = logging.getLogger(__name__)
 
 
-class StagedBlob:
-    """A file being written into the staging area, hashed and counted as it grows."""
-
-    def __init__(self, path: Path, file: BinaryIO) -> None:
-        self.path = path
-        self.file = file
-        self.size_bytes = 0
-        self._hash = hashlib.sha256()
-        self._sha256: str | None = None
-        self.committed = False
-
-    def write(self, chunk: bytes) -> None:
-        self.file.write(chunk)
-        self._hash.update(chunk)
-        self.size_bytes += len(chunk)
-
-    def finish_writing(self, *, rehash: bool = False) -> str:
-        """Flush to disk and return the sha256; `rehash` for writers that seek."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        if rehash:
-            self._hash = hashlib.sha256()
-            self.size_bytes = 0
-            with self.path.open("rb") as written:
-                while chunk := written.read(_READ_CHUNK):
-                    self._hash.update(chunk)
-                    self.size_bytes += len(chunk)
-        self._sha256 = self._hash.hexdigest()
-        return self._sha256
-
-    @property
-    def sha256(self) -> str:
-        if self._sha256 is None:
-            raise RuntimeError("finish_writing() first")
-        return self._sha256
-
-    def discard(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-        if not self.committed:
-            with suppress(FileNotFoundError):
-                self.path.unlink()
+def check_sha256(sha256: str) -> str:
+    """Return ``sha256`` if it is a lowercase hex digest, else raise ValueError."""
+    if not SHA256_PATTERN.match(sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return sha256
 
 
 class BlobStore:
+    """Content-addressed blobs under ``{data_dir}/blobs``, staged in ``{data_dir}/tmp``.
+
+    Parameters
+    ----------
+    data_dir : Path
+        The directory that holds the blobs and the staging area.
+    """
+
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.blob_dir = data_dir / "blobs"
@@ -83,10 +57,39 @@ class BlobStore:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
 
+    # Reading ---------------------------------------------------------------------
+
     def path_of(self, sha256: str) -> Path:
-        if not SHA256_PATTERN.match(sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        """A local path of the blob, to open or memory-map; it may not exist.
+
+        Callers test ``is_file()`` or catch FileNotFoundError for a missing blob.
+        """
+        check_sha256(sha256)
         return self.blob_dir / sha256[:2] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_of(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        """The blob's size in bytes; FileNotFoundError if it is missing."""
+        return self.path_of(sha256).stat().st_size
+
+    def read_bytes(self, sha256: str) -> bytes:
+        """The whole blob (for small ones: a page, a map); FileNotFoundError if missing."""
+        return self.path_of(sha256).read_bytes()
+
+    def iter_bytes(self, sha256: str) -> Iterator[bytes]:
+        """The blob in chunks, opened now: FileNotFoundError is raised by this call."""
+        file = self.path_of(sha256).open("rb")
+
+        def chunks() -> Iterator[bytes]:
+            with file:
+                while chunk := file.read(READ_CHUNK):
+                    yield chunk
+
+        return chunks()
+
+    # Writing ---------------------------------------------------------------------
 
     def _open_staging(self, prefix: str) -> StagedBlob:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -102,8 +105,18 @@ class BlobStore:
         finally:
             staged.discard()
 
-    def commit(self, staged: StagedBlob) -> Path:
-        """Move a finished staging file to its content address (hold the blob's lock)."""
+    def upload(self, staged: StagedBlob) -> None:
+        """Send a finished staging file ahead of `commit`, without the blob's lock.
+
+        A no-op on disk (the commit is a rename); an object store puts the bytes under a
+        temporary key, so that the commit under the lock is a quick server-side copy.
+        """
+
+    def commit(self, staged: StagedBlob) -> str:
+        """Store a finished staging file at its content address (hold the blob's lock).
+
+        Returns the blob's sha256. The staging file is gone afterwards either way.
+        """
         target = self.path_of(staged.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_file():
@@ -112,7 +125,7 @@ class BlobStore:
             os.chmod(staged.path, 0o444)
             os.replace(staged.path, target)
         staged.committed = True
-        return target
+        return staged.sha256
 
     def write_new(self, writer: Callable[[BinaryIO], None], *, prefix: str = "blob-") -> StagedBlob:
         """Stage what `writer` writes (it may seek); the caller commits or discards it."""
