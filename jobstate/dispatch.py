@@ -1,29 +1,55 @@
-"""The task names, the Celery configuration and the functions that send each task.
+"""The task names, the Celery configuration, the functions that send each task, and the
+outbox's dispatcher.
 
-The API sends (``analyze_sets`` on submission, ``deliver_webhook`` when a job ends), and so
-do the workers (blocks, assembly, webhooks); `workers.celery_app` registers the same names
-with the task bodies. Messages carry ids only (job id, tenant, attempt, block numbers):
-inputs and results live in the blob store and Redis, never in the broker.
+The messages the service must not lose (``analyze_sets`` of a new or requeued job, a
+block sent again, ``deliver_webhook`` when a job ends) are written to the store's outbox
+with the record change that calls for them, and sent from there (`jobstate.store.outbox`):
+at once by the store's sender (`message_sender`), else by `dispatch_pending`, which every
+worker runs each reaper interval. The workers also send blocks and assemblies directly;
+`workers.celery_app` registers the same names with the task bodies. Messages carry ids
+only (job id, tenant, attempt, block numbers): inputs and results live in the blob store
+and Redis, never in the broker.
 
 Imports celery, but nothing of the workers: the API process sends without loading torch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from celery import Celery
 
-from api_schemas import AnalysisParams, JobStatus
-from jobstate.records import JobRecord
+from api_schemas import AnalysisParams
 from jobstate.settings import Settings
-from jobstate.store import JobFinishedHook
-from jobstate.webhooks import event_id_for
+from jobstate.store import MessageSender, OutboxMessage, Store
+from jobstate.store.outbox import (
+    ANALYZE_SETS_TASK,
+    ASSEMBLE_JOB_TASK,
+    DELIVER_WEBHOOK_TASK,
+    SOLVE_BLOCK_TASK,
+    assembly_message,
+    block_message,
+)
 
-ANALYZE_SETS_TASK = "nnkgeo.analyze_sets"
-SOLVE_BLOCK_TASK = "nnkgeo.solve_block"
-ASSEMBLE_JOB_TASK = "nnkgeo.assemble_job"
-DELIVER_WEBHOOK_TASK = "nnkgeo.deliver_webhook"
+__all__ = [
+    "ANALYZE_SETS_TASK",
+    "ASSEMBLE_JOB_TASK",
+    "DELIVER_WEBHOOK_TASK",
+    "SOLVE_BLOCK_TASK",
+    "TASK_OUTCOME_TTL_S",
+    "create_celery_app",
+    "dispatch_pending",
+    "enqueue_assembly",
+    "enqueue_block",
+    "message_sender",
+    "queue_for",
+    "send_message",
+    "webhook_queue",
+]
+
+logger = logging.getLogger(__name__)
 # Block and assembly tasks return a one-word outcome ("solved", "recorded", "stale"...),
 # for logs and tests; job outcomes themselves live in the job record.
 TASK_OUTCOME_TTL_S = 3600
@@ -101,9 +127,68 @@ def create_celery_app(settings: Settings, *, include: Sequence[str] = ()) -> Cel
     return celery
 
 
-def enqueue_analysis(celery: Celery, *, job_id: str, tenant: str, queue: str) -> None:
-    """Queue a job for the workers; the message holds nothing but the two ids."""
-    celery.send_task(ANALYZE_SETS_TASK, args=[job_id, tenant], queue=queue, task_id=job_id)
+def send_message(celery: Celery, message: OutboxMessage) -> None:
+    """Hand one message to the broker; raises when the broker did not take it."""
+    celery.send_task(
+        message.task,
+        args=list(message.args),
+        # An empty queue (a record that names none) leaves the route to task_routes.
+        queue=message.queue or None,
+        task_id=message.task_id,
+    )
+
+
+def message_sender(celery: Celery) -> MessageSender:
+    """The store's sender (`jobstate.store.Store`): the outbox's fast path."""
+
+    def send(message: OutboxMessage) -> None:
+        send_message(celery, message)
+
+    return send
+
+
+def dispatch_pending(store: Store, celery: Celery, *, now: datetime, limit: int = 100) -> int:
+    """Send every outbox entry due by `now`; remove each only once the broker took it.
+
+    At least once: a crash between a send and its removal sends that entry again next
+    time (every task drops a duplicate; see `jobstate.store.outbox`). One dispatcher at a
+    time is enough (the workers run it under the reaper's lock), but two are harmless.
+
+    Parameters
+    ----------
+    store
+        Whose outbox to empty.
+    celery
+        The app whose broker gets the messages.
+    now
+        Entries due by then are sent (a later time sends entries still in their grace).
+    limit
+        Most entries sent in one call.
+
+    Returns
+    -------
+    int
+        Entries sent. A send that fails stops the call (the broker is likely down, and
+        each refused send takes its retries' time), and its entry is postponed by the
+        outbox's grace, behind the others: the entries left are sent by a later call.
+    """
+    due_by_ms = int(now.timestamp() * 1000)
+    sent = 0
+    for entry in store.outbox_entries(due_by_ms=due_by_ms, limit=limit):
+        try:
+            send_message(celery, entry.message)
+        except Exception:
+            logger.exception(
+                "outbox: sending %s %s failed; retried at a later dispatch",
+                entry.message.task,
+                entry.message.task_id,
+            )
+            store.postpone_outbox_entry(entry, due_ms=due_by_ms + store.outbox_grace_ms)
+            break
+        store.remove_sent_outbox_entry(entry)
+        sent += 1
+        logger.info("outbox: sent %s %s", entry.message.task, entry.message.task_id)
+    return sent
 
 
 def enqueue_block(
@@ -117,45 +202,20 @@ def enqueue_block(
     queue: str,
 ) -> str:
     """Queue one row block of a sharded job; returns the task id."""
-    task_id = f"{job_id}.{attempt}.block.{set_index}.{block_index}"
-    celery.send_task(
-        SOLVE_BLOCK_TASK,
-        args=[job_id, tenant, attempt, set_index, block_index],
+    message = block_message(
+        job_id,
+        tenant,
+        attempt=attempt,
+        set_index=set_index,
+        block_index=block_index,
         queue=queue,
-        task_id=task_id,
     )
-    return task_id
+    send_message(celery, message)
+    return message.task_id
 
 
 def enqueue_assembly(celery: Celery, *, job_id: str, tenant: str, attempt: int, queue: str) -> str:
     """Queue the assembly of a sharded job whose blocks are all recorded."""
-    task_id = f"{job_id}.{attempt}.assemble"
-    celery.send_task(
-        ASSEMBLE_JOB_TASK, args=[job_id, tenant, attempt], queue=queue, task_id=task_id
-    )
-    return task_id
-
-
-def enqueue_webhook(celery: Celery, *, tenant: str, job_id: str, event_id: str, queue: str) -> None:
-    """Queue the delivery of one job event; the message holds ids only, never the body."""
-    celery.send_task(
-        DELIVER_WEBHOOK_TASK, args=[tenant, job_id, event_id], queue=queue, task_id=event_id
-    )
-
-
-def job_end_announcer(celery: Celery, settings: Settings) -> JobFinishedHook:
-    """The store's `on_job_finished` hook: queue a webhook for jobs with a callback_url."""
-    queue = webhook_queue(settings)
-
-    def announce(job: JobRecord, status: JobStatus) -> None:
-        if job.callback_url is None:
-            return
-        enqueue_webhook(
-            celery,
-            tenant=job.tenant,
-            job_id=job.id,
-            event_id=event_id_for(job.id, status),
-            queue=queue,
-        )
-
-    return announce
+    message = assembly_message(job_id, tenant, attempt=attempt, queue=queue)
+    send_message(celery, message)
+    return message.task_id

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
             "AWS_ALLOW_HTTP)."
         ),
     )
+    blob_cache_bytes: int = Field(
+        4 << 30,
+        ge=0,
+        description=(
+            "Worker, with an s3:// blob store: bound on its local cache of fetched blobs "
+            "(under NNKGEO_DATA_DIR), least recently used evicted first."
+        ),
+    )
     api_keys: SecretStr = Field(
         SecretStr(""),
         description="API keys as `tenant:key,tenant2:key2`; keys at least 16 characters.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,8 +53,6 @@ from service.html import read_report_page
 from service.model_jobs import resolve_model_job
 
 GraphKind = Literal["symmetric", "directed"]
-EnqueueJob = Callable[..., None]
-"""Called as ``enqueue(job_id=..., tenant=..., queue=...)``."""
 
 RETRY_AFTER_S = 1
 QUOTA_RETRY_AFTER_S = 10
@@ -126,6 +124,14 @@ class StoredReport:
     etag: str
 
 
+@dataclass(frozen=True)
+class GraphDownload:
+    """A graph file, opened: its size and its bytes in chunks."""
+
+    size: int
+    chunks: Iterator[bytes]
+
+
 def job_links(job_id: str, set_names: list[str]) -> JobLinks:
     base = f"/v1/jobs/{job_id}"
     return JobLinks(
@@ -190,7 +196,6 @@ class JobService:
         *,
         store: Store,
         blobs: BlobStore,
-        enqueue: EnqueueJob,
         queue_for: Callable[[JobSpec], str],
         data_roots: Sequence[Path] = (),
         webhooks: WebhookPolicy | None = None,
@@ -199,7 +204,6 @@ class JobService:
     ) -> None:
         self._store = store
         self._blobs = blobs
-        self._enqueue = enqueue
         self._queue_for = queue_for
         self._data_roots = tuple(data_roots)
         self._webhooks = webhooks or WebhookPolicy()
@@ -318,30 +322,16 @@ class JobService:
             raise invalid_input(
                 [FieldError(field="sets", message=f"dataset {d} was just deleted") for d in gone]
             )
+        # The record and its analyze_sets message are stored together (the store's
+        # outbox), and the message is sent at once. A broker that refuses it leaves the
+        # job queued, and the workers' dispatcher sends it a few seconds later: the
+        # submission is accepted either way, and no crash can strand the job.
         try:
             self._store.create_job(job)
         except BaseException:
             self._store.unpin_datasets(tenant.name, job_id, spec.dataset_ids())
             self._store.release_active_job(tenant.name, job_id)
             raise
-        try:
-            self._enqueue(job_id=job_id, tenant=tenant.name, queue=queue)
-        except Exception as error:
-            logger.exception("could not queue job %s", job_id)
-            problem = ProblemError(
-                503,
-                "The job could not be queued (the broker did not answer); submit it again.",
-                slug="queue-unavailable",
-                headers={"Retry-After": "5"},
-            )
-            self._store.finish_job(
-                job,
-                status=JobStatus.failed,
-                now=utc_now(),
-                from_statuses=(JobStatus.queued,),
-                error=problem.to_problem(instance=f"/v1/jobs/{job_id}"),
-            )
-            raise problem from error
         return to_job_out(job)
 
     def _resolve(self, tenant: Tenant, request: JobCreate) -> JobSpec:
@@ -534,15 +524,22 @@ class JobService:
         _, result = self._result(tenant, job_id)
         return read_report_page(result, self._blobs, job_id=job_id)
 
-    def graph_file(self, *, tenant: Tenant, job_id: str, set_name: str, kind: GraphKind) -> Path:
+    def graph_file(
+        self, *, tenant: Tenant, job_id: str, set_name: str, kind: GraphKind
+    ) -> GraphDownload:
+        """A set's graph, streamed from the blob store (the API keeps no copy)."""
         _, result = self._result(tenant, job_id)
         files = result.graphs.get(set_name)
         if files is None:
             names = ", ".join(result.graphs)
             raise not_found(f"Set {set_name!r} of job {job_id} (its sets: {names})")
-        path = self._blobs.path_of(files.sha256_of(kind))
-        if not path.is_file():
+        sha256 = files.sha256_of(kind)
+        try:
+            # Opened here, so that a blob swept since the result was read answers 410.
+            return GraphDownload(
+                size=self._blobs.size(sha256), chunks=self._blobs.iter_bytes(sha256)
+            )
+        except FileNotFoundError:
             raise ProblemError(
                 410, f"The graphs of job {job_id} have expired.", slug="result-expired"
-            )
-        return path
+            ) from None

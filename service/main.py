@@ -23,12 +23,7 @@ from prometheus_client import CollectorRegistry
 import api_schemas
 from api_schemas import Problem
 from jobstate.blobs import open_blob_store
-from jobstate.dispatch import (
-    create_celery_app,
-    enqueue_analysis,
-    job_end_announcer,
-    queue_for,
-)
+from jobstate.dispatch import create_celery_app, message_sender, queue_for
 from jobstate.settings import Settings, get_settings
 from jobstate.store import Store
 from jobstate.webhooks import WebhookPolicy
@@ -97,8 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.basicConfig(level=settings.log_level)
     keyring = ApiKeyring.from_settings(settings)
     celery = create_celery_app(settings)
-    # Jobs also end here (a queued job canceled, a cache hit): their webhooks go out too.
-    store = Store.from_settings(settings, on_job_finished=job_end_announcer(celery, settings))
+    # The store writes each message a job calls for (its analyze_sets; the webhook of a
+    # job that ends here, canceled while queued or a cache hit) to the outbox with the
+    # record, then sends it through this app; the workers' dispatcher sends what failed.
+    store = Store.from_settings(settings, sender=message_sender(celery))
     # An object store: the API's data dir holds only staging files, deleted per request.
     blobs = open_blob_store(settings.blob_url, settings.data_dir)
     blobs.ensure_directories()
@@ -121,7 +118,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs=JobService(
             store=store,
             blobs=blobs,
-            enqueue=lambda **ids: enqueue_analysis(celery, **ids),
             queue_for=lambda spec: queue_for(spec.params, settings),
             data_roots=settings.data_root_paths,
             webhooks=WebhookPolicy.from_settings(settings),

@@ -29,7 +29,8 @@ from workers.reaper import ReaperStep
 logger = logging.getLogger(__name__)
 
 app = create_celery_app(get_settings(), include=["workers.tasks", "workers.webhooks"])
-# Every worker runs the reaper of expired leases (one acts at a time; workers.reaper).
+# Every worker runs the reaper of expired leases and the outbox's dispatcher (one acts at
+# a time; workers.reaper).
 app.steps["worker"].add(ReaperStep)
 
 

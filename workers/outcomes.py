@@ -19,6 +19,7 @@ from jobstate.errors import AnalysisCanceled, InvalidInputError
 from jobstate.memory_budget import is_allocation_failure
 from jobstate.problems import job_problem
 from jobstate.records import JobRecord, utc_now
+from jobstate.store.results import PutResultOutcome
 from workers.geometry import Analysis, EmbeddingSet
 from workers.models import PathNotAllowedError
 from workers.models.sandbox.runner import SandboxUnavailableError
@@ -71,23 +72,26 @@ def succeed(
     *,
     attempt: int,
     sets: Sequence[EmbeddingSet] | None = None,
-    only_if_absent: bool = False,
 ) -> None:
-    """Store the result (report, graphs, maps, page), remember it for the cache, end the job.
+    """Store the result (report, graphs, maps, page, cache entry), then end the job.
 
     ``sets`` are the analysed sets when they are at hand; without them a ``sets`` job's
-    inputs are read again for the maps (a sharded job's assembly).
+    inputs are read again for the maps (a sharded job's assembly). A stale attempt (its
+    lease expired and the job was requeued) stores nothing and ends nothing.
     """
-    result = store_result(
+    stored = store_result(
         runtime,
         job,
         analysis,
         sets=job.spec.sets if sets is None else sets,
-        only_if_absent=only_if_absent,
+        attempt=attempt,
     )
-    if job.spec.cacheable:
-        runtime.store.remember_result(job.tenant, job.cache_key, result.id)
-    end_job(runtime, job, JobStatus.succeeded, attempt=attempt, result_id=result.id)
+    if stored is PutResultOutcome.stale:
+        logger.warning(
+            "job %s: attempt %d no longer owns the job; its result dropped", job.id, attempt
+        )
+        return
+    end_job(runtime, job, JobStatus.succeeded, attempt=attempt, result_id=job.id)
 
 
 @dataclass

@@ -1,10 +1,17 @@
-"""The reaper: requeues jobs (and blocks) whose lease expired, in every worker.
+"""The reaper and the outbox's dispatcher: one thread in every worker.
 
 Every worker's main process runs one (a Celery bootstep), and a lock in Redis lets one
-act at a time. A job whose lease expired is queued again, to be claimed as its next
-attempt; on its last attempt it fails instead, with a problem that says its worker was
-lost. The reap itself is a fenced script (`jobstate.store.scripts.REAP_LEASE`), so two
-reapers in one sweep (the lock lost in between) still requeue a job once.
+act at a time. Each interval, the lock's holder
+
+- reaps: a job whose lease expired is queued again, to be claimed as its next attempt
+  (on its last attempt it fails instead, with a problem that says its worker was lost),
+  and a block whose lease expired is sent again. The reap itself is a fenced script
+  (`jobstate.store.scripts.REAP_LEASE`, ``REAP_BLOCK_LEASE``) that writes the message
+  to the outbox in the same step, so two reapers in one sweep (the lock lost in between)
+  still requeue a job once, and a reaper dying after the reap loses no message;
+- dispatches: every outbox entry that is due is sent (`jobstate.dispatch.dispatch_pending`):
+  the reaps' messages, and those whose writer's fast path failed or never ran (an API
+  that died between storing a job and sending it, a broker that refused a webhook).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 from celery import bootsteps
 
 from api_schemas import JobStatus
-from jobstate.dispatch import enqueue_analysis, enqueue_block
+from jobstate.dispatch import dispatch_pending
 from jobstate.records import utc_now
 from jobstate.settings import Settings
 from jobstate.store import Reaped, ReapOutcome, Store
@@ -26,17 +33,21 @@ from jobstate.store import Reaped, ReapOutcome, Store
 logger = logging.getLogger(__name__)
 
 
-def reap_once(store: Store, settings: Settings, celery: Any) -> list[Reaped]:
-    """One sweep: requeue (or fail) every job whose lease expired.
+def reap_once(store: Store, settings: Settings, celery: Any = None) -> list[Reaped]:
+    """One sweep: requeue (or fail) every job, and resend every block, whose lease expired.
+
+    The messages of what it requeues are in the outbox once it is reaped, due at once.
 
     Parameters
     ----------
     store
         The worker's store.
     settings
-        For the most attempts and the queue of jobs that name none.
+        For the most attempts.
     celery
-        The app whose broker gets the requeued jobs' messages.
+        When given, the outbox's due entries (these messages among them) are sent
+        through it after the sweep (`jobstate.dispatch.dispatch_pending`); None leaves
+        them to the next dispatch.
 
     Returns
     -------
@@ -50,10 +61,13 @@ def reap_once(store: Store, settings: Settings, celery: Any) -> list[Reaped]:
     reaped = store.reap_expired_leases(max_attempts=settings.task_max_attempts)
     for item in reaped:
         if item.block is not None:
-            _resend_block(store, celery, item)
-            continue
-        job = store.get_job(item.tenant, item.job_id)
-        if job is None:
+            logger.warning(
+                "job %s of %s: block %s of attempt %d lost its lease; sent again",
+                item.job_id,
+                item.tenant,
+                item.block,
+                item.attempts,
+            )
             continue
         if item.outcome is ReapOutcome.requeued:
             logger.warning(
@@ -62,57 +76,31 @@ def reap_once(store: Store, settings: Settings, celery: Any) -> list[Reaped]:
                 item.tenant,
                 item.attempts,
             )
-            enqueue_analysis(
-                celery,
-                job_id=item.job_id,
-                tenant=item.tenant,
-                queue=job.queue or settings.cpu_queue,
-            )
-        else:
-            logger.error(
-                "job %s of %s: its last attempt (%d) lost its lease; failing it",
-                item.job_id,
-                item.tenant,
-                item.attempts,
-            )
-            store.finish_job(
-                job,
-                status=JobStatus.failed,
-                now=utc_now(),
-                attempt=item.attempts,
-                error=lease_lost_problem(item.job_id, item.attempts),
-            )
+            continue
+        job = store.get_job(item.tenant, item.job_id)
+        if job is None:
+            continue
+        logger.error(
+            "job %s of %s: its last attempt (%d) lost its lease; failing it",
+            item.job_id,
+            item.tenant,
+            item.attempts,
+        )
+        store.finish_job(
+            job,
+            status=JobStatus.failed,
+            now=utc_now(),
+            attempt=item.attempts,
+            error=lease_lost_problem(item.job_id, item.attempts),
+        )
+    if celery is not None:
+        dispatch_pending(store, celery, now=utc_now())
     return reaped
 
 
-def _resend_block(store: Store, celery: Any, item: Reaped) -> None:
-    """Send again a block whose worker died: its next delivery is counted (and the job
-    fails once a block has had the most attempts, in `workers.sharded.run_block`)."""
-    assert item.block is not None
-    run = store.get_run(item.tenant, item.job_id, item.attempts)
-    if run is None:
-        return
-    set_index, block_index = (int(part) for part in item.block.split(":"))
-    logger.warning(
-        "job %s of %s: block %s of attempt %d lost its lease; sent again",
-        item.job_id,
-        item.tenant,
-        item.block,
-        item.attempts,
-    )
-    enqueue_block(
-        celery,
-        job_id=item.job_id,
-        tenant=item.tenant,
-        attempt=item.attempts,
-        set_index=set_index,
-        block_index=block_index,
-        queue=run.plan.queue,
-    )
-
-
 class Reaper:
-    """A thread that sweeps every `Settings.reaper_interval_s` while it holds the lock."""
+    """A thread that reaps and dispatches every `Settings.reaper_interval_s` while it
+    holds the lock."""
 
     def __init__(self, store: Store, settings: Settings, celery: Any) -> None:
         self._store = store
@@ -136,14 +124,25 @@ class Reaper:
         lock_ms = int(interval * 2000)
         while not self._stopped.wait(interval):
             try:
-                if self._store.take_reaper_lock(self._holder, ttl_ms=lock_ms):
-                    reap_once(self._store, self._settings, self._celery)
+                if not self._store.take_reaper_lock(self._holder, ttl_ms=lock_ms):
+                    continue
+            except Exception:
+                logger.exception("taking the reaper's lock failed")
+                continue
+            # Apart: a failed sweep must not hold back the messages already owed.
+            try:
+                reap_once(self._store, self._settings)
             except Exception:
                 logger.exception("reaping expired leases failed")
+            try:
+                dispatch_pending(self._store, self._celery, now=utc_now())
+            except Exception:
+                logger.exception("dispatching the outbox failed")
 
 
 class ReaperStep(bootsteps.StartStopStep):
-    """Runs the reaper in the worker's main process, from start-up to shutdown."""
+    """Runs the reaper and dispatcher in the worker's main process, from start-up to
+    shutdown."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

@@ -2,8 +2,9 @@
 
 Every blob a worker derives (a graph, a map, the page, and a sharded run's blocks and
 indexes) is registered for retention when written (`Store.register_graph_blobs`), so
-that it lives at least as long as the result that names it and is swept after
-(`jobstate.retention`). Run files are removed as soon as their job ends.
+that the sweep (`jobstate.retention`) leaves it alone until its result is stored; storing
+the result then extends the lifetimes of the blobs it names to the result's own. Run
+files are removed as soon as their job ends.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import BinaryIO
 import scipy.sparse as sp
 
 from jobstate.records import GraphFiles, JobRecord, ResultRecord, SetInput, utc_now
+from jobstate.store.results import PutResultOutcome
 from workers.geometry import Analysis, EmbeddingSet
 from workers.report_page import embedding_map_files, render_report_page
 from workers.runtime import WorkerRuntime
@@ -73,9 +75,13 @@ def store_result(
     analysis: Analysis,
     *,
     sets: Sequence[EmbeddingSet | SetInput],
-    only_if_absent: bool = False,
-) -> ResultRecord:
+    attempt: int,
+) -> PutResultOutcome:
     """Store the report, each set's graphs and 2-D map, and the report page.
+
+    The blobs are written first; then the result record, the lifetimes of its blobs and
+    the cache entry are registered together (`jobstate.store.results`), only while the
+    job still runs as `attempt`.
 
     Parameters
     ----------
@@ -87,14 +93,14 @@ def store_result(
     sets : sequence of EmbeddingSet or SetInput
         The analysed sets, or their inputs, for the 2-D maps
         (:func:`workers.report_page.embedding_map_files`).
-    only_if_absent : bool
-        Keep the result stored first, should two copies of the job's last step race.
+    attempt : int
+        The attempt storing it: a stale one (the job was requeued) stores nothing.
 
     Returns
     -------
-    ResultRecord
-        The result as made here (the stored one, with ``only_if_absent``, may be
-        another copy's).
+    PutResultOutcome
+        Stored, kept the first (a copy of this attempt's last step got there first) or
+        stale. The result id is the job's.
     """
     report_json = analysis.report.model_dump_json()
     map_files = embedding_map_files(
@@ -120,5 +126,9 @@ def store_result(
         created_at=utc_now(),
         page=put_blob(runtime, lambda file: file.write(page), prefix="page-"),
     )
-    runtime.store.put_result(job.tenant, result, only_if_absent=only_if_absent)
-    return result
+    return runtime.store.put_result(
+        job.tenant,
+        result,
+        attempt=attempt,
+        cache_key=job.cache_key if job.spec.cacheable else None,
+    )

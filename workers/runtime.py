@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from jobstate.blobs import BlobStore, open_blob_store
-from jobstate.dispatch import job_end_announcer
+from jobstate.dispatch import message_sender
 from jobstate.settings import Settings, get_settings
 from jobstate.store import Store
 from workers.celery_app import app
@@ -60,11 +60,17 @@ def worker_runtime() -> WorkerRuntime:
         settings = get_settings()
         _runtime = WorkerRuntime(
             settings=settings,
-            # Every job's end, on any path (finish, cancel, failure, time limit), is
-            # announced by the store: jobs with a callback_url get their webhook queued.
-            store=Store.from_settings(settings, on_job_finished=job_end_announcer(app, settings)),
+            # Every job's end, on any path (finish, cancel, failure, time limit), writes
+            # the webhook of a job with a callback_url to the outbox; the sender sends it
+            # at once (the dispatcher later, should that fail).
+            store=Store.from_settings(settings, sender=message_sender(app)),
             # Workers cache what they store: a sharded run reads its blocks back.
-            blobs=open_blob_store(settings.blob_url, settings.data_dir, cache_writes=True),
+            blobs=open_blob_store(
+                settings.blob_url,
+                settings.data_dir,
+                cache_bytes=settings.blob_cache_bytes,
+                cache_writes=True,
+            ),
         )
         _runtime_pid = os.getpid()
         _limit_cpu_threads(_runtime.threads)

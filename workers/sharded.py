@@ -9,6 +9,13 @@ and stops). The recording that completes the run sends ``assemble_job``
 (:func:`run_assembly`), which joins the blocks, measures each set and finishes the job
 as the single task would have.
 
+Leases: the job's lease (taken by its claim) covers the fan-out only; each block holds
+its own lease while it solves, and the reaper sends a block whose lease expired again.
+The assembly takes the job's lease again when it starts (fenced by the attempt), renews
+it while it runs and releases it at the end: should its worker die, the reaper requeues
+the job once the lease expires, to be claimed as its next attempt, and a redelivered
+assembly message finding the lease live is dropped.
+
 Why not a Celery chord: a chord's completion is Celery's state, beside the job record
 (its own keys, expiry and result storage), and it only fires the body once every header
 task has *returned*. A header task that raises fails the chord and the body never
@@ -32,6 +39,7 @@ from api_schemas import JobStatus
 from jobstate.dispatch import enqueue_assembly, enqueue_block
 from jobstate.records import JobRecord, SetBlocks, ShardedRun, block_key
 from jobstate.store import (
+    AssemblyStart,
     AssemblyStartOutcome,
     BlockStart,
     BlockStartOutcome,
@@ -290,17 +298,51 @@ def _send_assembly(runtime: WorkerRuntime, job_id: str, tenant: str, attempt: in
 def run_assembly(job_id: str, tenant: str, attempt: int) -> str:
     """Join the blocks, measure every set, store the report and graphs, finish the job.
 
+    The start takes the job's lease, fenced by the attempt
+    (`jobstate.store.RunStore.begin_assembly`); a heartbeat renews it while the
+    assembly runs, and it is released at the end. A worker killed mid-assembly thus
+    loses the lease within LEASE_S, and the reaper requeues the job as its next
+    attempt; a redelivery finding the lease live ("leased") is dropped.
+
     Returns what happened: "assembled", "canceled", "failed", "stale", "missing",
-    "incomplete" (sent before its blocks were all recorded), "exhausted".
+    "incomplete" (sent before its blocks were all recorded), "leased", "exhausted".
     """
     runtime = worker_runtime()
     store = runtime.store
-    start = store.begin_assembly(tenant, job_id, attempt=attempt)
-    if start.outcome in (AssemblyStartOutcome.stale, AssemblyStartOutcome.missing):
+    settings = runtime.settings
+    start = store.begin_assembly(
+        tenant, job_id, attempt=attempt, token=new_claim_token(), lease_ms=settings.lease_ms
+    )
+    if start.outcome in (
+        AssemblyStartOutcome.stale,
+        AssemblyStartOutcome.missing,
+        AssemblyStartOutcome.leased,
+    ):
+        # Leased: a redelivered message while the assembly's worker is alive.
         return start.outcome.value
     if start.outcome is AssemblyStartOutcome.incomplete:
         logger.error("job %s: assembly of attempt %d sent before its blocks", job_id, attempt)
         return start.outcome.value
+    assert start.lease is not None
+    try:
+        with holding_lease(
+            store, start.lease, lease_ms=settings.lease_ms, interval_s=settings.heartbeat_interval_s
+        ):
+            return _assemble(runtime, job_id, tenant, attempt, start)
+    finally:
+        # Finishing the job released the lease already; this covers every other end
+        # (stale, missing), so that the reaper does not requeue a job left behind.
+        try:
+            store.release_lease(start.lease)
+        except Exception:
+            logger.exception("job %s: releasing the assembly's lease failed", job_id)
+
+
+def _assemble(
+    runtime: WorkerRuntime, job_id: str, tenant: str, attempt: int, start: AssemblyStart
+) -> str:
+    """Assemble a run whose start (and the job's lease) `run_assembly` holds."""
+    store = runtime.store
     job = store.get_job(tenant, job_id)
     run = store.get_run(tenant, job_id, attempt)
     if job is None or run is None:
@@ -356,7 +398,6 @@ def run_assembly(job_id: str, tenant: str, attempt: int) -> str:
             job,
             Analysis(report=report, sets=results),
             attempt=attempt,
-            only_if_absent=True,
         )
         return "assembled"
     assert ending.status is not None

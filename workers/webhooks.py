@@ -1,11 +1,12 @@
 """Deliver a job's end to its callback_url: a signed POST, retried with backoff.
 
-The store announces every job that reaches a final status (`Store.finish_job`, and a
-cache hit created finished) to its ``on_job_finished`` hook, which queues
-``deliver_webhook`` with three ids (tenant, job, event) for jobs that carry a
-callback_url (`jobstate.dispatch.job_end_announcer`). The task reads the job record,
-builds a small JSON event, signs it per Standard Webhooks (`api_schemas.webhooks`) with the
-tenant's secret and POSTs it:
+When a job that carries a callback_url reaches a final status (`Store.finish_job`, and a
+cache hit created finished), the store writes ``deliver_webhook`` with three ids (tenant,
+job, event) to its outbox in the same step, and sends it at once; should that send fail,
+or its process die first, the workers' dispatcher sends it (`jobstate.store.outbox`,
+`jobstate.dispatch.dispatch_pending`). So every job end is sent at least once. The task
+reads the job record, builds a small JSON event, signs it per Standard Webhooks
+(`api_schemas.webhooks`) with the tenant's secret and POSTs it:
 
 - the webhook-id is the event id, the same on every retry (receivers deduplicate on it);
   the body is the same bytes on every retry too, the webhook-timestamp is the send time;
@@ -85,8 +86,8 @@ def _webhook_runtime() -> _Runtime:
     """This process's settings, store and policy, made on first use in each process.
 
     As in `workers.runtime.worker_runtime`: a Redis connection opened in the prefork
-    parent must not be shared with its children. This store has no finish hook: a
-    delivery never finishes a job.
+    parent must not be shared with its children. This store has no sender: a delivery
+    never finishes a job, so it writes no outbox entry to send.
     """
     global _runtime, _runtime_pid
     if _runtime is None or _runtime_pid != os.getpid():

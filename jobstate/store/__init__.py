@@ -10,6 +10,7 @@
     datasets     dataset records, their pins, blob references and locks, graph blobs,
                  the stored-bytes quota
     webhooks     webhook delivery records
+    outbox       the Celery messages record changes call for, kept until sent
     metrics      job counters, duration histograms, queue lengths
 
 `Store` puts the parts together over one Redis client, which decodes every reply to
@@ -35,7 +36,6 @@ from jobstate.store.jobs import (
     CancelOutcome,
     Claim,
     ClaimOutcome,
-    JobFinishedHook,
     JobStore,
     ProgressVerdict,
 )
@@ -48,6 +48,13 @@ from jobstate.store.metrics import (
     JobMetrics,
     MetricsStore,
     duration_bucket,
+)
+from jobstate.store.outbox import (
+    OUTBOX_GRACE_MS,
+    MessageSender,
+    OutboxEntry,
+    OutboxMessage,
+    OutboxStore,
 )
 from jobstate.store.results import ResultStore
 from jobstate.store.runs import (
@@ -66,6 +73,7 @@ __all__ = [
     "FINAL_STATUSES",
     "IDEMPOTENCY_IN_FLIGHT_TTL_S",
     "JOB_DURATION_BUCKETS_S",
+    "OUTBOX_GRACE_MS",
     "PREFIX",
     "AssemblyStart",
     "AssemblyStartOutcome",
@@ -79,9 +87,11 @@ __all__ = [
     "DatasetDeletion",
     "DurationHistogram",
     "IdempotentRequest",
-    "JobFinishedHook",
     "JobMetrics",
     "Lease",
+    "MessageSender",
+    "OutboxEntry",
+    "OutboxMessage",
     "ProgressVerdict",
     "ReapOutcome",
     "Reaped",
@@ -104,6 +114,7 @@ class Store(
     DatasetStore,
     WebhookStore,
     MetricsStore,
+    OutboxStore,
 ):
     """Tenant-scoped access to every record nnkgeo keeps in Redis."""
 
@@ -114,7 +125,9 @@ class Store(
         result_ttl_s: int,
         job_ttl_s: int,
         idempotency_ttl_s: int,
-        on_job_finished: JobFinishedHook | None = None,
+        sender: MessageSender | None = None,
+        webhook_queue: str = "webhooks",
+        outbox_grace_ms: int = OUTBOX_GRACE_MS,
     ) -> None:
         """Use `client` for every record.
 
@@ -126,8 +139,16 @@ class Store(
         result_ttl_s, job_ttl_s, idempotency_ttl_s
             Lifetimes of results (and the cache, and graph blobs), of job records (and
             their runs, webhook and memory records), and of confirmed idempotency keys.
-        on_job_finished
-            Called once per job that reaches a final status, after the transition.
+        sender
+            Sends one outbox message to the broker (`jobstate.dispatch.message_sender`):
+            the fast path of the messages this store writes with a record change. None
+            (a store that only reads, or a test's) leaves them to the dispatcher.
+        webhook_queue
+            The queue of the webhooks the store writes when a job with a callback_url
+            ends (`jobstate.dispatch.webhook_queue`).
+        outbox_grace_ms
+            How long an entry waits for its writer's fast path before it is due for the
+            dispatcher (`jobstate.store.outbox`).
 
         Raises
         ------
@@ -138,15 +159,15 @@ class Store(
             raise ValueError("the store's Redis client must be made with decode_responses=True")
         self._redis = client
         self._scripts = Scripts.register(client)
-        self._on_job_finished = on_job_finished
+        self._sender = sender
+        self.webhook_queue = webhook_queue
+        self.outbox_grace_ms = outbox_grace_ms
         self.result_ttl_s = result_ttl_s
         self.job_ttl_s = job_ttl_s
         self.idempotency_ttl_s = idempotency_ttl_s
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, on_job_finished: JobFinishedHook | None = None
-    ) -> Store:
+    def from_settings(cls, settings: Settings, *, sender: MessageSender | None = None) -> Store:
         """A store on a fresh client for ``settings.redis_url``, with its timeouts."""
         # A hung Redis (paused, swapping, partitioned) must cost a request one timeout,
         # not minutes: redis-py's default retries timeouts three times with backoff.
@@ -165,7 +186,9 @@ class Store(
             result_ttl_s=settings.result_ttl_s,
             job_ttl_s=settings.job_ttl_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,
-            on_job_finished=on_job_finished,
+            sender=sender,
+            # As `jobstate.dispatch.webhook_queue`, which imports this package.
+            webhook_queue=settings.webhook_queue or settings.cpu_queue,
         )
 
     def ping(self) -> bool:

@@ -2,26 +2,29 @@
 and the admission of active jobs against a tenant's limit.
 
 A job's status only changes in the scripts of `jobstate.store.scripts`, each fenced by
-the attempt number its claim returned (see there).
+the attempt number its claim returned (see there). The messages a job's creation and end
+call for (its ``analyze_sets``, its webhook) are written to the outbox in the same step
+(`jobstate.store.outbox`), then sent at once by the store's sender where it has one.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from api_schemas import JobProgress, JobStatus, Problem
 from jobstate.records import JobRecord, JobSpec, job_id_floor
-from jobstate.store.base import StoreBase, isoformat_or_none, parse_time
+from jobstate.store.base import isoformat_or_none, parse_time
 from jobstate.store.keys import (
     JOBS_FINISHED_KEY,
     JOBS_SUBMITTED_KEY,
     LEASES_KEY,
+    OUTBOX_KEY,
+    OUTBOX_MESSAGES_KEY,
     active_jobs_key,
     dataset_pins_key,
     job_duration_key,
@@ -32,16 +35,20 @@ from jobstate.store.keys import (
 )
 from jobstate.store.leases import Lease
 from jobstate.store.metrics import duration_bucket
+from jobstate.store.outbox import (
+    OutboxEntry,
+    OutboxMessage,
+    OutboxStore,
+    analysis_message,
+    queue_outbox_entry,
+    wall_clock_ms,
+    webhook_message,
+)
 
 ACTIVE_JOB_ADMISSION_GRACE_S = 60
 
 # Job records fetched per round trip while paging through the index.
 _LIST_BATCH = 64
-
-JobFinishedHook = Callable[[JobRecord, JobStatus], None]
-"""Called once per job that reaches a final status, after the transition is stored."""
-
-logger = logging.getLogger(__name__)
 
 
 class ClaimOutcome(StrEnum):
@@ -73,21 +80,32 @@ class ProgressVerdict(StrEnum):
     superseded = "superseded"
 
 
-class JobStore(StoreBase):
+class JobStore(OutboxStore):
     """Job records, their transitions, the job index and active-job admission."""
 
-    _on_job_finished: JobFinishedHook | None
+    webhook_queue: str
 
     def create_job(self, job: JobRecord) -> None:
-        """Store a new job record (queued, or already succeeded from the cache)."""
-        now_ms = time.time_ns() // 1_000_000
+        """Store a new job record (queued, or already succeeded from the cache).
+
+        A queued job's ``analyze_sets`` is written to the outbox with the record (one
+        MULTI), as is the webhook of a finished one that has a callback_url; then it is
+        sent at once (`OutboxStore.send_outbox_entries`). Should that send fail, or the
+        process die before it, the dispatcher sends it: the job is never left queued
+        with no message.
+        """
+        created_ms = wall_clock_ms()
         index = job_index_key(job.tenant)
+        message = self._creation_message(job)
+        entry = (
+            OutboxEntry(message, created_ms + self.outbox_grace_ms) if message is not None else None
+        )
         with self._redis.pipeline() as pipe:
             pipe.hset(job_key(job.tenant, job.id), mapping=_job_to_hash(job))
             pipe.expire(job_key(job.tenant, job.id), self.job_ttl_s)
             pipe.zadd(index, {job.id: 0})
             # Entries of expired job records: their ids sort before the TTL's horizon.
-            horizon = job_id_floor(created_before_ms=now_ms - self.job_ttl_s * 1000)
+            horizon = job_id_floor(created_before_ms=created_ms - self.job_ttl_s * 1000)
             pipe.zremrangebylex(index, "-", f"({horizon}")
             pipe.expire(index, self.job_ttl_s)
             if job.cached:
@@ -96,9 +114,11 @@ class JobStore(StoreBase):
                 pipe.hincrby(JOBS_SUBMITTED_KEY, job.queue, 1)
             if job.status.finished:
                 pipe.hincrby(JOBS_FINISHED_KEY, job.status.value, 1)
+            if entry is not None:
+                queue_outbox_entry(pipe, entry.message, due_ms=entry.due_ms)
             pipe.execute()
-        if job.status.finished:
-            self._announce_finished(job, job.status)
+        if entry is not None:
+            self.send_outbox_entries([entry])
 
     def get_job(self, tenant: str, job_id: str) -> JobRecord | None:
         fields = self._redis.hgetall(job_key(tenant, job_id))
@@ -205,9 +225,14 @@ class JobStore(StoreBase):
         """Move a job to a final status; False when it was not in `from_statuses`
         (or, given `attempt`, was claimed again since).
 
-        Counts the job in the metrics and releases its dataset pins, in the same step.
+        Counts the job in the metrics, releases its dataset pins and, when it has a
+        callback_url, writes its webhook to the outbox, all in the same step; then sends
+        the webhook at once (`OutboxStore.send_outbox_entries`), or leaves it to the
+        dispatcher when that fails.
         """
         duration_s = (now - job.started_at).total_seconds() if job.started_at else None
+        webhook = self._webhook_message(job, status)
+        entry = OutboxEntry(webhook, wall_clock_ms() + self.outbox_grace_ms) if webhook else None
         keys = [
             job_key(job.tenant, job.id),
             JOBS_FINISHED_KEY,
@@ -215,6 +240,8 @@ class JobStore(StoreBase):
             active_jobs_key(job.tenant),
             lease_key(job.tenant, job.id),
             LEASES_KEY,
+            OUTBOX_KEY,
+            OUTBOX_MESSAGES_KEY,
             *(dataset_pins_key(job.tenant, d) for d in job.spec.dataset_ids()),
         ]
         args = [
@@ -229,10 +256,15 @@ class JobStore(StoreBase):
             job.id,
             status.value,
             lease_member(job.tenant, job.id),
+            entry.message.task_id if entry else "",
+            entry.message.to_json() if entry else "",
+            entry.due_ms if entry else 0,
         ]
         ended = bool(self._scripts.finish_job(keys=keys, args=args))
-        if ended:
-            self._announce_finished(job, status)
+        if ended and entry is not None:
+            # A finish called again after it ended the job answers True too: its entry is
+            # sent only if it is still there (`send_outbox_entries` checks).
+            self.send_outbox_entries([entry])
         return ended
 
     def request_cancel(self, job: JobRecord, *, now: datetime) -> CancelOutcome:
@@ -299,17 +331,20 @@ class JobStore(StoreBase):
             self._redis.zrem(key, *stale)
         return len(stale)
 
-    def _announce_finished(self, job: JobRecord, status: JobStatus) -> None:
-        # Every final transition passes here (worker, cancel, cache hit, failed enqueue),
-        # and only the caller whose script made the transition gets here: so each job's
-        # end is announced once. The transition is already stored: a failing hook (the
-        # broker down) must not fail or undo it, so it is logged, not raised.
-        if self._on_job_finished is None:
-            return
-        try:
-            self._on_job_finished(job, status)
-        except Exception:
-            logger.exception("job %s: announcing its end (%s) failed", job.id, status.value)
+    def _creation_message(self, job: JobRecord) -> OutboxMessage | None:
+        """What a new job calls for: a queued one its analysis, a finished one (a cache
+        hit) its webhook."""
+        if job.status is JobStatus.queued and job.queue:
+            return analysis_message(job.id, job.tenant, job.queue)
+        if job.status.finished:
+            return self._webhook_message(job, job.status)
+        return None
+
+    def _webhook_message(self, job: JobRecord, status: JobStatus) -> OutboxMessage | None:
+        """The webhook of the job's end, for a job with a callback_url; else None."""
+        if job.callback_url is None:
+            return None
+        return webhook_message(job.tenant, job.id, status.value, self.webhook_queue)
 
 
 def _job_to_hash(job: JobRecord) -> dict[str, str]:

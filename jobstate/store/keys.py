@@ -23,8 +23,13 @@ they are used in a key.
     leases                        zset "{t}/{id}" (a job) or "{t}/{id}/{attempt}/{block}"
                                   (a block) -> unix ms its lease expires: the reaper's index
                                   of running work (`jobstate.store.leases`)
-    lock:reaper                   string, the reaper acting now (one across all workers);
-                                  TTL about LEASE_S
+    lock:reaper                   string, the reaper acting now (one across all workers),
+                                  which also runs the outbox's dispatcher; TTL about LEASE_S
+    outbox                        zset Celery task id -> unix ms its message is due: messages
+                                  written with the record change that calls for them, removed
+                                  once sent (`jobstate.store.outbox`); no TTL
+    outbox:messages               hash Celery task id -> message JSON {"task", "args",
+                                  "queue"}, the same entries; no TTL
     t:{t}:job:{id}:webhook        hash, delivery of the job's end event (`WebhookDelivery`);
                                   TTL JOB_TTL_S
     t:{t}:job:{id}:memory         hash {estimate:{attempt}, died:{attempt}, budget}: each
@@ -58,6 +63,8 @@ JOBS_SUBMITTED_KEY = f"{PREFIX}metrics:jobs_submitted"
 JOBS_FINISHED_KEY = f"{PREFIX}metrics:jobs_finished"
 LEASES_KEY = f"{PREFIX}leases"
 REAPER_LOCK_KEY = f"{PREFIX}lock:reaper"
+OUTBOX_KEY = f"{PREFIX}outbox"
+OUTBOX_MESSAGES_KEY = f"{PREFIX}outbox:messages"
 
 
 def dataset_key(tenant: str, dataset_id: str) -> str:

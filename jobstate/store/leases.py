@@ -2,7 +2,9 @@
 
 A claim takes the job's lease (`jobstate.store.jobs.JobStore.claim_job`) and a finish
 releases it; a block of a sharded job takes its own when it starts
-(`jobstate.store.runs.RunStore.begin_block`), released once it is recorded. In between,
+(`jobstate.store.runs.RunStore.begin_block`), released once it is recorded, and the
+assembly of a sharded run takes the job's lease again
+(`jobstate.store.runs.RunStore.begin_assembly`) until it ends the job. In between,
 the worker holding a lease renews it every `Settings.heartbeat_interval_s`. A lease that
 expired means its worker died (or stalled past LEASE_S): the reaper queues the job again,
 to be claimed as the next attempt (or fails it on its last attempt), or sends the block
@@ -19,6 +21,8 @@ from enum import StrEnum
 from jobstate.store.base import StoreBase
 from jobstate.store.keys import (
     LEASES_KEY,
+    OUTBOX_KEY,
+    OUTBOX_MESSAGES_KEY,
     REAPER_LOCK_KEY,
     block_lease_key,
     block_lease_member,
@@ -27,6 +31,7 @@ from jobstate.store.keys import (
     lease_member,
     run_key,
 )
+from jobstate.store.outbox import block_resend_script_args, requeue_script_args, wall_clock_ms
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class LeaseStore(StoreBase):
         Returns
         -------
         list of Reaped
-            Jobs requeued (the caller sends their message) or exhausted; jobs found
+            Jobs requeued (their message written to the outbox) or exhausted; jobs found
             alive or gone are left out.
         """
         seconds, micros = self._redis.time()
@@ -141,9 +146,21 @@ class LeaseStore(StoreBase):
                     reaped.append(block_reaped)
                 continue
             tenant, job_id = parts
+            # A requeue writes the job's message to the outbox, due at once: the
+            # dispatcher that runs after each sweep sends it (`jobstate.store.outbox`).
             outcome, attempts = self._scripts.reap_lease(
-                keys=[job_key(tenant, job_id), lease_key(tenant, job_id), LEASES_KEY],
-                args=[member, max_attempts],
+                keys=[
+                    job_key(tenant, job_id),
+                    lease_key(tenant, job_id),
+                    LEASES_KEY,
+                    OUTBOX_KEY,
+                    OUTBOX_MESSAGES_KEY,
+                ],
+                args=[
+                    member,
+                    max_attempts,
+                    *requeue_script_args(tenant, job_id, due_ms=wall_clock_ms()),
+                ],
             )
             result = ReapOutcome(outcome)
             if result in (ReapOutcome.requeued, ReapOutcome.exhausted):
@@ -159,8 +176,17 @@ class LeaseStore(StoreBase):
                 run_key(tenant, job_id, int(attempt)),
                 block_lease_key(tenant, job_id, int(attempt), block),
                 LEASES_KEY,
+                OUTBOX_KEY,
+                OUTBOX_MESSAGES_KEY,
             ],
-            args=[member, attempt, block],
+            args=[
+                member,
+                attempt,
+                block,
+                *block_resend_script_args(
+                    tenant, job_id, attempt=int(attempt), block=block, due_ms=wall_clock_ms()
+                ),
+            ],
         )
         if outcome != ReapOutcome.requeued:
             return None

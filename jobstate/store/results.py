@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
+from enum import IntEnum
 
 from jobstate.records import GraphFiles, ResultRecord
 from jobstate.store.datasets import BlobReferenceStore
-from jobstate.store.keys import job_key, result_cache_key, result_key
+from jobstate.store.keys import GRAPH_BLOBS_KEY, job_key, result_cache_key, result_key
+
+
+class PutResultOutcome(IntEnum):
+    """What `ResultStore.put_result` did (the script's reply)."""
+
+    stored = 1
+    kept_first = 0  # a copy of the same attempt stored its result first
+    stale = -1  # the job no longer runs as this attempt
 
 
 class ResultStore(BlobReferenceStore):
@@ -18,50 +28,37 @@ class ResultStore(BlobReferenceStore):
         tenant: str,
         result: ResultRecord,
         *,
-        only_if_absent: bool = False,
-        fence: tuple[str, int] | None = None,
-    ) -> bool:
-        """Store a result; with `only_if_absent`, keep the one stored first (False then).
+        attempt: int,
+        cache_key: str | None = None,
+    ) -> PutResultOutcome:
+        """Store the result of the job's `attempt`, with its blobs' lifetimes and cache entry.
 
-        Two copies of one job's last step may race (a redelivered message); the first
-        result stays, so its report and ETag never change once a client has seen them.
-        With `fence` = (job id, attempt) the result is stored only while the job runs as
-        that attempt (False otherwise): a stale attempt stores nothing.
+        The result, the lifetimes of every blob it names and (with `cache_key`) the cache
+        entry that leads to it are written in one script, all to expire together, and only
+        while the job runs as `attempt`: a stale attempt stores nothing. Two copies of one
+        attempt's last step may race (a redelivered assembly); the first result stays, so
+        its report and ETag never change once a client has seen them.
         """
-        if fence is not None:
-            only_if_absent = True
-        key = result_key(tenant, result.id)
         graphs = {name: files.model_dump() for name, files in result.graphs.items()}
-        graphs_json = json.dumps(graphs, separators=(",", ":"))
-        if only_if_absent:
-            job_id, attempt = fence if fence is not None else ("", 0)
-            stored = self._scripts.put_result_once(
-                keys=[key, job_key(tenant, job_id)] if fence is not None else [key],
-                args=[
-                    result.report_json,
-                    result.etag,
-                    graphs_json,
-                    result.created_at.isoformat(),
-                    self.result_ttl_s,
-                    result.page or "",
-                    *([str(attempt)] if fence is not None else []),
-                ],
-            )
-            return int(stored) == 1
-        with self._redis.pipeline() as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "report": result.report_json,
-                    "etag": result.etag,
-                    "graphs": graphs_json,
-                    "created_at": result.created_at.isoformat(),
-                    "page": result.page or "",
-                },
-            )
-            pipe.expire(key, self.result_ttl_s)
-            pipe.execute()
-        return True
+        keys = [result_key(tenant, result.id), job_key(tenant, result.id), GRAPH_BLOBS_KEY]
+        if cache_key is not None:
+            keys.append(result_cache_key(tenant, cache_key))
+        reply = self._scripts.put_result(
+            keys=keys,
+            args=[
+                result.report_json,
+                result.etag,
+                json.dumps(graphs, separators=(",", ":")),
+                result.created_at.isoformat(),
+                self.result_ttl_s,
+                result.page or "",
+                str(attempt),
+                repr(time.time()),
+                result.id,
+                *result.blob_sha256s(),
+            ],
+        )
+        return PutResultOutcome(int(reply))
 
     def get_result(self, tenant: str, result_id: str) -> ResultRecord | None:
         fields: dict[str, str] = self._redis.hgetall(result_key(tenant, result_id))
@@ -79,20 +76,20 @@ class ResultStore(BlobReferenceStore):
             page=fields.get("page") or None,
         )
 
-    def remember_result(self, tenant: str, cache_key: str, result_id: str) -> None:
-        self._redis.set(result_cache_key(tenant, cache_key), result_id, ex=self.result_ttl_s)
-
     def cached_result(self, tenant: str, cache_key: str) -> ResultRecord | None:
-        """The tenant's live result for these inputs, its lifetime renewed; else None."""
-        result_id = self._redis.get(result_cache_key(tenant, cache_key))
+        """The tenant's live result for these inputs, its lifetime renewed; else None.
+
+        The cache entry, the result and every blob it names are extended together.
+        """
+        entry = result_cache_key(tenant, cache_key)
+        result_id = self._redis.get(entry)
         if result_id is None:
             return None
         result = self.get_result(tenant, result_id)
         if result is None:
             return None
-        with self._redis.pipeline() as pipe:
-            pipe.expire(result_cache_key(tenant, cache_key), self.result_ttl_s)
-            pipe.expire(result_key(tenant, result_id), self.result_ttl_s)
-            pipe.execute()
-        self.register_graph_blobs(result.blob_sha256s())
-        return result
+        extended = self._scripts.extend_result(
+            keys=[entry, result_key(tenant, result_id), GRAPH_BLOBS_KEY],
+            args=[self.result_ttl_s, repr(time.time()), *result.blob_sha256s()],
+        )
+        return result if int(extended) == 1 else None

@@ -6,7 +6,9 @@ and recorded), ``result:{block}`` (blob sha of the block's NNK solve, set once),
 which worker), ``deliveries:assemble`` and ``assembly_started``. Recording a block and
 counting it happen in one script, so a block delivered twice is counted once, and
 exactly one recording sees the run complete. Every write is fenced by the attempt, as
-the job's own transitions are.
+the job's own transitions are. A block's start takes the block's lease; the assembly's
+start takes the job's own lease, so that a worker dying mid-assembly has the job
+requeued as its next attempt by the reaper.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from api_schemas import JobStatus
 from jobstate.records import RunProgress, ShardedRun
 from jobstate.store.base import StoreBase
 from jobstate.store.jobs import ProgressVerdict
-from jobstate.store.keys import LEASES_KEY, job_key, run_key
+from jobstate.store.keys import LEASES_KEY, job_key, lease_key, run_key
 from jobstate.store.leases import Lease
+
+# Marks an assembly's lease on its job apart from the claim's (whose fan-out releases it
+# once the blocks are sent): an assembly takes the claim's over, never another's.
+ASSEMBLY_TOKEN_PREFIX = "assemble-"
 
 
 class BlockStartOutcome(StrEnum):
@@ -60,16 +66,21 @@ class BlockRecording:
 
 class AssemblyStartOutcome(StrEnum):
     start = "start"
+    """The run is to be assembled (its delivery counted, the job's lease taken)."""
     canceled = "canceled"
+    """A cancel was requested: the job's lease taken, for the caller to end the job."""
     stale = "stale"
     missing = "missing"
     incomplete = "incomplete"
+    leased = "leased"
+    """Another assembly of this attempt holds a live lease (a redelivered message)."""
 
 
 @dataclass(frozen=True)
 class AssemblyStart:
     outcome: AssemblyStartOutcome
     deliveries: int = 0
+    lease: Lease | None = None
 
 
 class RunStore(StoreBase):
@@ -176,9 +187,51 @@ class RunStore(StoreBase):
             total=int(total),
         )
 
-    def begin_assembly(self, tenant: str, job_id: str, *, attempt: int) -> AssemblyStart:
+    def begin_assembly(
+        self, tenant: str, job_id: str, *, attempt: int, token: str, lease_ms: int
+    ) -> AssemblyStart:
+        """Decide whether a delivered assembly runs; count the start and take the lease.
+
+        Parameters
+        ----------
+        tenant, job_id, attempt
+            The run to assemble.
+        token
+            Unique to this delivery (`jobstate.store.leases.new_claim_token`): a start
+            retried with it answers as the first run did.
+        lease_ms
+            The lease it takes, for its holder to renew.
+
+        Returns
+        -------
+        AssemblyStart
+            ``start`` and ``canceled`` carry the job's lease (`Lease`, as
+            `jobstate.store.jobs.JobStore.claim_job` takes it), for the worker to renew
+            while it assembles and release at the end; should the worker die, the
+            reaper requeues the job as its next attempt once the lease expires.
+            ``leased`` when another assembly of this attempt holds a live lease (leave
+            it be); ``stale``, ``missing`` or ``incomplete`` otherwise.
+        """
+        lease = Lease(tenant, job_id, attempt, f"{ASSEMBLY_TOKEN_PREFIX}{token}")
         outcome, deliveries = self._scripts.begin_assembly(
-            keys=[job_key(tenant, job_id), run_key(tenant, job_id, attempt)],
-            args=[attempt],
+            keys=[
+                job_key(tenant, job_id),
+                run_key(tenant, job_id, attempt),
+                lease_key(tenant, job_id),
+                LEASES_KEY,
+            ],
+            args=[
+                attempt,
+                lease.value,
+                lease_ms,
+                lease.member,
+                f"{attempt}:{ASSEMBLY_TOKEN_PREFIX}",
+            ],
         )
-        return AssemblyStart(outcome=AssemblyStartOutcome(outcome), deliveries=int(deliveries))
+        start_outcome = AssemblyStartOutcome(outcome)
+        holds_lease = start_outcome in (AssemblyStartOutcome.start, AssemblyStartOutcome.canceled)
+        return AssemblyStart(
+            outcome=start_outcome,
+            deliveries=int(deliveries),
+            lease=lease if holds_lease else None,
+        )

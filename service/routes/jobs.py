@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from api_schemas import JobCreate, JobList, JobOut, Report
 from api_schemas.report import REPORT_MAP_MAX_POINTS
@@ -186,7 +186,7 @@ def get_report_html(job_id: JobId, tenant: CurrentTenant, jobs: JobServiceDep) -
 
 @router.get(
     "/{job_id}/graphs/{set_name}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="A set's NNK graph as a scipy.sparse CSR .npz file",
     description=(
         "`symmetric` (default) is the graph A, `directed` the weights W (row i holds theta_i)."
@@ -208,11 +208,15 @@ def get_graph(
     tenant: CurrentTenant,
     jobs: JobServiceDep,
     kind: Annotated[GraphKind, Query(description="Which graph.")] = "symmetric",
-) -> FileResponse:
-    path = jobs.graph_file(tenant=tenant, job_id=job_id, set_name=set_name, kind=kind)
-    return FileResponse(
-        path,
+) -> StreamingResponse:
+    graph = jobs.graph_file(tenant=tenant, job_id=job_id, set_name=set_name, kind=kind)
+    # Streamed from the blob store (S3 or a local directory); the API keeps no copy.
+    return StreamingResponse(
+        graph.chunks,
         media_type="application/octet-stream",
-        filename=f"{job_id}-{set_name}-{kind}.npz",
-        headers={"Cache-Control": _CACHE_CONTROL},
+        headers={
+            "Content-Length": str(graph.size),
+            "Content-Disposition": f'attachment; filename="{job_id}-{set_name}-{kind}.npz"',
+            "Cache-Control": _CACHE_CONTROL,
+        },
     )

@@ -17,14 +17,16 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 from celery import Celery
 
 from api_schemas import JobStatus
-from jobstate.dispatch import SOLVE_BLOCK_TASK
+from jobstate.dispatch import ASSEMBLE_JOB_TASK, SOLVE_BLOCK_TASK
 from jobstate.settings import Settings
 from jobstate.store import Store
-from tests.integration.helpers import job_body, submit, wait_for_status
+from jobstate.store.keys import lease_key
+from tests.integration.helpers import job_body, submit, upload_array, wait_for_status
 from tests.integration.stack import Managed, ServiceStack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -62,15 +64,17 @@ SHARDING_SETTINGS = {
 }
 
 
-@pytest.fixture
-def sharding_workers(stack: ServiceStack) -> Iterator[list[tuple[str, Managed]]]:
-    """Two workers that shard, in place of the stack's; the usual worker back after."""
+@contextlib.contextmanager
+def _two_workers(
+    stack: ServiceStack, settings: dict[str, str]
+) -> Iterator[list[tuple[str, Managed]]]:
+    """Two workers with `settings`, in place of the stack's; the usual worker back after."""
     assert stack.worker is not None
     stack.worker.stop()
     started: list[tuple[str, Managed]] = []
     try:
         for _ in range(2):
-            node = stack.start_worker(**SHARDING_SETTINGS)
+            node = stack.start_worker(**settings)
             assert stack.worker is not None
             started.append((node, stack.worker))
         for node, _ in started:
@@ -80,6 +84,13 @@ def sharding_workers(stack: ServiceStack) -> Iterator[list[tuple[str, Managed]]]
         for _, worker in started:
             worker.stop()
         stack.wait_ready(worker=stack.start_worker())
+
+
+@pytest.fixture
+def sharding_workers(stack: ServiceStack) -> Iterator[list[tuple[str, Managed]]]:
+    """Two workers that shard, in place of the stack's; the usual worker back after."""
+    with _two_workers(stack, SHARDING_SETTINGS) as started:
+        yield started
 
 
 def _node_running(
@@ -175,3 +186,92 @@ def test_a_sharded_job_whose_worker_is_killed_mid_block_resends_the_block(
     assert sorted(blocks.values()) == [1, 1, 2]
     survivor = next(worker for node, worker in sharding_workers if node != runner)
     assert "lost its lease; sent again" in survivor.log_tail(400)
+
+
+# An assembly that takes seconds: with few candidates (k=5) the blocks' solve is cheap,
+# while the intrinsic dimension, estimated in the assembly from every point
+# (id_sample = all), costs about a full kNN search again. 20,000 points in 100
+# dimensions (8 MB, under the upload limit) run as three blocks; the assembly takes a
+# few seconds, the blocks about as much together. Longer task limits than the stack's,
+# so that a busy machine does not end the assembly by its time limit instead.
+ASSEMBLY_POINTS = 20_000
+ASSEMBLY_DIMENSIONS = 100
+SLOW_ASSEMBLY_SETTINGS = {
+    "NNKGEO_SHARD_MIN_POINTS": "8192",
+    "NNKGEO_SHARD_ROWS": "8192",
+    "NNKGEO_WORKER_THREADS": "1",
+    "NNKGEO_TASK_SOFT_TIME_LIMIT_S": "60",
+    "NNKGEO_TASK_TIME_LIMIT_S": "70",
+}
+
+
+@pytest.fixture(scope="module")
+def slow_assembly_embeddings(alpha: httpx.Client) -> str:
+    points = (
+        np.random.default_rng(11)
+        .standard_normal((ASSEMBLY_POINTS, ASSEMBLY_DIMENSIONS))
+        .astype(np.float32)
+    )
+    return upload_array(alpha, points)
+
+
+@pytest.fixture
+def slow_assembly_workers(stack: ServiceStack) -> Iterator[list[tuple[str, Managed]]]:
+    """Two sharding workers whose tasks may run a minute."""
+    with _two_workers(stack, SLOW_ASSEMBLY_SETTINGS) as started:
+        yield started
+
+
+def test_a_sharded_job_whose_worker_is_killed_mid_assembly_is_claimed_again(
+    alpha: httpx.Client,
+    slow_assembly_embeddings: str,
+    stack: ServiceStack,
+    store: Store,
+    slow_assembly_workers: list[tuple[str, Managed]],
+) -> None:
+    nodes = [node for node, _ in slow_assembly_workers]
+    succeeded_before = store.job_metrics().finished.get("succeeded", 0)
+    body = job_body(slow_assembly_embeddings, name="assembled", k=5, id_sample=ASSEMBLY_POINTS)
+    job_id = submit(alpha, body).json()["id"]
+
+    # The assembly's start takes the job's lease: it is running from then on.
+    def assembly_holds_the_lease() -> bool:
+        return (store._redis.get(lease_key("alpha", job_id)) or "").startswith("1:assemble-")
+
+    wait_until(assembly_holds_the_lease, timeout_s=30, interval_s=0.02, what="the assembly")
+    runner = _node_running(stack, job_id, nodes, task=ASSEMBLE_JOB_TASK)
+    victim = dict(slow_assembly_workers)[runner]
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    victim.process.wait(timeout=10)
+    killed_at = time.monotonic()
+    # Killed mid-assembly: the job had not finished.
+    killed = store.get_job("alpha", job_id)
+    assert killed is not None
+    assert (killed.status, killed.attempts) == (JobStatus.running, 1)
+
+    def claimed_again() -> bool:
+        record = store.get_job("alpha", job_id)
+        return record is not None and record.attempts == 2
+
+    wait_until(claimed_again, timeout_s=RESUME_BOUND_S, interval_s=0.1, what="attempt 2's claim")
+    assert time.monotonic() - killed_at < RESUME_BOUND_S
+    final = wait_for_status(alpha, job_id, timeout_s=60)
+    assert final["status"] == "succeeded", final
+    record = store.get_job("alpha", job_id)
+    assert record is not None
+    assert (record.status, record.attempts) == (JobStatus.succeeded, 2)
+    # Attempt 1 got as far as one assembly; attempt 2 ran its own run to the end.
+    first_run = store.get_run("alpha", job_id, 1)
+    second_run = store.get_run("alpha", job_id, 2)
+    assert first_run is not None and second_run is not None
+    assert first_run.complete and first_run.deliveries.get("assemble") == 1
+    assert second_run.complete and second_run.deliveries.get("assemble") == 1
+    # Exactly one result, and the job counted as succeeded once.
+    result = store.get_result("alpha", job_id)
+    assert result is not None
+    report = alpha.get(f"/v1/jobs/{job_id}/report")
+    assert report.status_code == 200
+    assert report.json()["job_id"] == job_id
+    assert store.job_metrics().finished.get("succeeded", 0) == succeeded_before + 1
+    survivor = next(worker for node, worker in slow_assembly_workers if node != runner)
+    assert "lost its lease; requeued" in survivor.log_tail(400)

@@ -32,15 +32,20 @@ from jobstate.records import (
 )
 from jobstate.settings import Settings
 from jobstate.store import (
+    AssemblyStartOutcome,
     BlockStartOutcome,
+    CancelOutcome,
     Claim,
     ClaimOutcome,
+    OutboxMessage,
     ProgressVerdict,
     ReapOutcome,
     Store,
     new_claim_token,
 )
-from jobstate.store.keys import LEASES_KEY
+from jobstate.store.keys import LEASES_KEY, lease_key
+from jobstate.store.outbox import DELIVER_WEBHOOK_TASK
+from jobstate.store.results import PutResultOutcome
 from tests.integration.stack import ServiceStack
 from workers.reaper import reap_once
 
@@ -52,8 +57,16 @@ LEASE_MS = 60_000
 # A lease the tests let expire: long enough for the claim's own reply, short to wait out.
 SHORT_LEASE_MS = 100
 
-# The jobs each store announced as ended (a webhook is queued per announcement).
+# The jobs whose end the store sent a webhook message for (every job here has a
+# callback_url): the store's sender stands in for the broker.
 ANNOUNCED: list[tuple[str, JobStatus]] = []
+CALLBACK_URL = "http://hooks.invalid/nnkgeo"
+
+
+def _record_webhook(message: OutboxMessage) -> None:
+    if message.task == DELIVER_WEBHOOK_TASK:
+        _, job_id, event_id = message.args
+        ANNOUNCED.append((job_id, JobStatus(event_id.rsplit("_", 1)[1])))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +82,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
             result_ttl_s=600,
             job_ttl_s=600,
             idempotency_ttl_s=600,
-            on_job_finished=lambda job, status: ANNOUNCED.append((job.id, status)),
+            sender=_record_webhook,
         )
         yield job_store
         job_store.close()
@@ -87,6 +100,7 @@ def _queued_job(store: Store) -> JobRecord:
         queue="cpu",
         cache_key="fencing-test",
         created_at=utc_now(),
+        callback_url=CALLBACK_URL,
     )
     store.create_job(job)
     return job
@@ -277,13 +291,14 @@ def test_a_finish_retried_answers_the_same_and_announces_once(store: Store) -> N
     assert store.finish_job(
         claimed.job, status=JobStatus.succeeded, now=now, attempt=1, result_id=job.id
     )
-    # redis-py runs the script again after a lost reply: same outcome, nothing counted.
-    # (The store announces only on its first call's True; the retry is inside one call.)
+    # redis-py runs the script again after a lost reply: same outcome, nothing counted,
+    # and no second webhook (its outbox entry was sent and removed by the first call).
     ended = store.get_job(TENANT, job.id)
     assert store.finish_job(
         claimed.job, status=JobStatus.succeeded, now=now, attempt=1, result_id=job.id
     )
     assert store.get_job(TENANT, job.id) == ended
+    assert [(job.id, JobStatus.succeeded)] == ANNOUNCED
     assert store.job_metrics().finished.get("succeeded", 0) == finished_before + 1
     # Another status, or another attempt, is still refused.
     assert not store.finish_job(claimed.job, status=JobStatus.failed, now=now, attempt=1)
@@ -304,7 +319,7 @@ def test_two_attempts_store_one_result_and_announce_one_end(store: Store) -> Non
     ANNOUNCED.clear()
 
     # Both attempts finish their analysis; the stale one races ahead of the current one.
-    assert not store.put_result(TENANT, _result(job, "stale"), fence=(job.id, 1))
+    assert store.put_result(TENANT, _result(job, "stale"), attempt=1) is PutResultOutcome.stale
     assert store.get_result(TENANT, job.id) is None
     assert not store.finish_job(
         current.job, status=JobStatus.succeeded, now=utc_now(), attempt=1, result_id=job.id
@@ -312,7 +327,9 @@ def test_two_attempts_store_one_result_and_announce_one_end(store: Store) -> Non
     assert stale.lease is not None
     assert not store.renew_lease(stale.lease, lease_ms=LEASE_MS)
 
-    assert store.put_result(TENANT, _result(job, "current"), fence=(job.id, 2))
+    assert store.put_result(TENANT, _result(job, "current"), attempt=2) is PutResultOutcome.stored
+    # A copy of the same attempt's last step (a redelivered assembly) keeps the first.
+    assert store.put_result(TENANT, _result(job, "copy"), attempt=2) is PutResultOutcome.kept_first
     assert store.finish_job(
         current.job, status=JobStatus.succeeded, now=utc_now(), attempt=2, result_id=job.id
     )
@@ -320,7 +337,7 @@ def test_two_attempts_store_one_result_and_announce_one_end(store: Store) -> Non
     assert stored_result is not None
     assert stored_result.report_json == "current"
     # After the finish, even the current attempt's second result is refused.
-    assert not store.put_result(TENANT, _result(job, "late"), fence=(job.id, 2))
+    assert store.put_result(TENANT, _result(job, "late"), attempt=2) is PutResultOutcome.stale
     assert [(job.id, JobStatus.succeeded)] == ANNOUNCED
 
 
@@ -450,3 +467,177 @@ def test_the_reaper_sends_again_a_block_whose_lease_expired(store: Store) -> Non
     _let_lease_expire()
     later = store.reap_expired_leases(max_attempts=MAX_ATTEMPTS)
     assert all(r.job_id != job.id for r in later)
+
+
+# The assembly of a sharded run holds the job's lease ------------------------------------
+
+
+def _recorded_run(store: Store, job: JobRecord, *, release_claim: bool = True) -> Claim:
+    """Claim the job and record every block of its run, as its blocks' workers would.
+
+    The claim's lease is released after, as `workers.single.run_job` does once its
+    fan-out has sent the blocks, unless `release_claim` is False.
+    """
+    claim = _claim(store, job)
+    assert store.start_run(TENANT, job.id, _plan(claim.attempt)) is ProgressVerdict.carry_on
+    for block_index in range(2):
+        recording = store.record_block(
+            TENANT,
+            job.id,
+            attempt=claim.attempt,
+            block=block_key(0, block_index),
+            sha256=f"{block_index}" * 64,
+            share=0.8,
+        )
+        assert recording.recorded
+    assert recording.completes_run
+    if release_claim:
+        assert claim.lease is not None and store.release_lease(claim.lease)
+        assert store.lease_ttl_ms(TENANT, job.id) < 0
+    return claim
+
+
+def _stored_lease(store: Store, job: JobRecord) -> str | None:
+    return store._redis.get(lease_key(TENANT, job.id))
+
+
+class _Broker:
+    """Stands in for the Celery app the reaper sends requeued jobs through."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[Any]]] = []
+
+    def send_task(self, name: str, *, args: list[Any], **options: Any) -> None:
+        self.sent.append((name, args))
+
+
+def test_an_assembly_holds_the_jobs_lease_and_a_redelivery_is_refused(store: Store) -> None:
+    job = _queued_job(store)
+    _recorded_run(store, job)
+    token = new_claim_token()
+
+    started = store.begin_assembly(TENANT, job.id, attempt=1, token=token, lease_ms=LEASE_MS)
+    assert (started.outcome, started.deliveries) == (AssemblyStartOutcome.start, 1)
+    assert started.lease is not None
+    # The job's own lease, as a claim takes it: the reaper's REAP_LEASE watches it.
+    assert _stored_lease(store, job) == started.lease.value
+    assert 0 < store.lease_ttl_ms(TENANT, job.id) <= LEASE_MS
+    assert store._redis.zscore(LEASES_KEY, f"{TENANT}/{job.id}") is not None
+    # A client retry with the same token answers the same and counts nothing.
+    retried = store.begin_assembly(TENANT, job.id, attempt=1, token=token, lease_ms=LEASE_MS)
+    assert (retried.outcome, retried.deliveries, retried.lease) == (
+        AssemblyStartOutcome.start,
+        1,
+        started.lease,
+    )
+
+    # The broker redelivers the assembly while its worker is alive: left to that worker.
+    before = store.get_job(TENANT, job.id)
+    redelivery = store.begin_assembly(
+        TENANT, job.id, attempt=1, token=new_claim_token(), lease_ms=LEASE_MS
+    )
+    assert (redelivery.outcome, redelivery.deliveries, redelivery.lease) == (
+        AssemblyStartOutcome.leased,
+        1,
+        None,
+    )
+    assert _stored_lease(store, job) == started.lease.value
+    assert store.get_job(TENANT, job.id) == before
+    run = store.get_run(TENANT, job.id, 1)
+    assert run is not None and run.deliveries.get("assemble") == 1
+    # The holder renews it, and the finish releases it.
+    assert store.renew_lease(started.lease, lease_ms=LEASE_MS)
+    assert before is not None
+    assert store.finish_job(before, status=JobStatus.succeeded, now=utc_now(), attempt=1)
+    assert store.lease_ttl_ms(TENANT, job.id) < 0
+    assert not store.release_lease(started.lease)
+
+
+def test_an_assembly_takes_over_the_claims_lease_its_fan_out_has_not_released(
+    store: Store,
+) -> None:
+    job = _queued_job(store)
+    claim = _recorded_run(store, job, release_claim=False)
+    assert claim.lease is not None
+
+    # The blocks all recorded before the fan-out's worker released its claim's lease.
+    started = store.begin_assembly(
+        TENANT, job.id, attempt=1, token=new_claim_token(), lease_ms=LEASE_MS
+    )
+    assert started.outcome is AssemblyStartOutcome.start
+    assert started.lease is not None
+    assert _stored_lease(store, job) == started.lease.value
+    # The fan-out's late release and renewal leave the assembly's lease alone.
+    assert not store.release_lease(claim.lease)
+    assert not store.renew_lease(claim.lease, lease_ms=LEASE_MS)
+    assert _stored_lease(store, job) == started.lease.value
+
+
+def test_an_assembly_whose_lease_expired_is_requeued_as_the_next_attempt(
+    store: Store,
+) -> None:
+    job = _queued_job(store)
+    _recorded_run(store, job)
+    dead = store.begin_assembly(
+        TENANT, job.id, attempt=1, token=new_claim_token(), lease_ms=SHORT_LEASE_MS
+    )
+    assert dead.outcome is AssemblyStartOutcome.start
+    assert dead.lease is not None
+    _let_lease_expire()
+
+    broker = _Broker()
+    reaped = [r for r in reap_once(store, Settings(), broker) if r.job_id == job.id]
+    assert [(r.outcome, r.attempts, r.block) for r in reaped] == [(ReapOutcome.requeued, 1, None)]
+    # Only this job's message: the sweep may requeue other tests' jobs too.
+    assert [args for _, args in broker.sent if job.id in args] == [[job.id, TENANT]]
+    requeued = store.get_job(TENANT, job.id)
+    assert requeued is not None
+    assert (requeued.status, requeued.attempts) == (JobStatus.queued, 1)
+    # The dead assembly, were it only stalled, holds nothing any more.
+    assert not store.renew_lease(dead.lease, lease_ms=LEASE_MS)
+    again = store.begin_assembly(
+        TENANT, job.id, attempt=1, token=new_claim_token(), lease_ms=LEASE_MS
+    )
+    assert (again.outcome, again.lease) == (AssemblyStartOutcome.stale, None)
+    # The requeued job is claimed as its next attempt.
+    next_claim = _claim(store, job)
+    assert (next_claim.outcome, next_claim.attempt) == (ClaimOutcome.claimed, 2)
+
+
+def test_a_stale_attempts_assembly_changes_nothing(store: Store) -> None:
+    job = _queued_job(store)
+    first = _claim(store, job, lease_ms=SHORT_LEASE_MS)
+    assert store.start_run(TENANT, job.id, _plan(first.attempt)) is ProgressVerdict.carry_on
+    for block_index in range(2):
+        store.record_block(
+            TENANT, job.id, attempt=1, block=block_key(0, block_index), sha256="e" * 64, share=0.8
+        )
+    _let_lease_expire()
+    second = _claim(store, job)
+    assert second.attempt == 2 and second.lease is not None
+    job_before = store.get_job(TENANT, job.id)
+    run_before = store.get_run(TENANT, job.id, 1)
+    ttl_before = store._redis.zscore(LEASES_KEY, f"{TENANT}/{job.id}")
+
+    # Attempt 1's assembly (its run complete) arrives after attempt 2's claim.
+    stale = store.begin_assembly(
+        TENANT, job.id, attempt=1, token=new_claim_token(), lease_ms=LEASE_MS
+    )
+    assert (stale.outcome, stale.deliveries, stale.lease) == (AssemblyStartOutcome.stale, 0, None)
+    assert store.get_job(TENANT, job.id) == job_before
+    assert store.get_run(TENANT, job.id, 1) == run_before
+    assert _stored_lease(store, job) == second.lease.value
+    assert store._redis.zscore(LEASES_KEY, f"{TENANT}/{job.id}") == ttl_before
+
+
+def test_an_assembly_of_a_canceled_job_holds_the_lease_to_end_it(store: Store) -> None:
+    job = _queued_job(store)
+    claim = _recorded_run(store, job)
+    assert claim.job is not None
+    assert store.request_cancel(claim.job, now=utc_now()) is CancelOutcome.requested
+    started = store.begin_assembly(
+        TENANT, job.id, attempt=1, token=new_claim_token(), lease_ms=LEASE_MS
+    )
+    assert (started.outcome, started.deliveries) == (AssemblyStartOutcome.canceled, 0)
+    assert started.lease is not None
+    assert _stored_lease(store, job) == started.lease.value

@@ -7,11 +7,12 @@ after it, so each name is pinned here as `jobstate.store.keys` documents it.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import redis
 
-from jobstate.store import Store
+from jobstate.store import Store, outbox
 from jobstate.store import keys as store_keys
 
 TENANT = "alpha"
@@ -33,6 +34,8 @@ JOB_ID = "j0001"
         (store_keys.lease_member(TENANT, JOB_ID), "alpha/j0001"),
         (store_keys.LEASES_KEY, "nnkgeo:leases"),
         (store_keys.REAPER_LOCK_KEY, "nnkgeo:lock:reaper"),
+        (store_keys.OUTBOX_KEY, "nnkgeo:outbox"),
+        (store_keys.OUTBOX_MESSAGES_KEY, "nnkgeo:outbox:messages"),
         (store_keys.attempt_memory_key(TENANT, JOB_ID), "nnkgeo:t:alpha:job:j0001:memory"),
         (store_keys.job_index_key(TENANT), "nnkgeo:t:alpha:jobs"),
         (store_keys.result_key(TENANT, JOB_ID), "nnkgeo:t:alpha:result:j0001"),
@@ -72,3 +75,28 @@ def test_store_accepts_a_client_that_decodes_replies() -> None:
 
     assert (store.result_ttl_s, store.job_ttl_s, store.idempotency_ttl_s) == (60, 120, 30)
     store.close()
+
+
+def test_outbox_messages_are_stored_as_the_layout_documents() -> None:
+    # Entries outlive a deploy: a dispatcher of the next version must read them.
+    message = outbox.analysis_message(JOB_ID, TENANT, "cpu")
+    stored = message.to_json()
+
+    assert message.task_id == JOB_ID
+    assert json.loads(stored) == {
+        "task": "nnkgeo.analyze_sets",
+        "args": [JOB_ID, TENANT],
+        "queue": "cpu",
+    }
+    assert outbox.OutboxMessage.from_json(JOB_ID, stored) == message
+    webhook = outbox.webhook_message(TENANT, "job_01ab", "failed", "webhooks")
+    assert (webhook.task, webhook.args, webhook.task_id) == (
+        "nnkgeo.deliver_webhook",
+        (TENANT, "job_01ab", "msg_01ab_failed"),
+        "msg_01ab_failed",
+    )
+    # The reap scripts end these ids with the attempt, or the block's deliveries.
+    assert outbox.requeue_script_args(TENANT, JOB_ID, due_ms=5)[1:] == [f"{JOB_ID}.requeue.", 5]
+    block_args = outbox.block_resend_script_args(TENANT, JOB_ID, attempt=2, block="0:3", due_ms=5)
+    assert json.loads(str(block_args[0]))["args"] == [JOB_ID, TENANT, 2, 0, 3]
+    assert block_args[1] == f"{JOB_ID}.2.block.0.3.resend."
