@@ -16,9 +16,12 @@ a queue of its own (``NNKGEO_WEBHOOK_QUEUE``, ``webhooks``): serve it with a sma
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import resource
+import subprocess
+import sys
 
 from celery.signals import celeryd_after_setup, worker_process_init
 
@@ -54,6 +57,33 @@ def _limit_address_space(**_: object) -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+# A cold numba cache compiles the CPU solve for 10-40 s; warmed, loading takes a second.
+_WARM_UP_TIMEOUT_S = 300
+
+
+@celeryd_after_setup.connect
+def _warm_the_compiled_solve(**_: object) -> None:
+    """Compile the CPU solve into numba's cache before the first job, not inside it.
+
+    The image warms the cache at build time; a worker installed otherwise would spend its
+    first job's time limit compiling. It runs in a child process: numba's thread pool
+    started in this process would not survive the pool's fork (the OpenMP and workqueue
+    layers are not fork-safe), and the pool processes load the cached code themselves.
+    """
+    if importlib.util.find_spec("numba") is None:
+        return
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "workers.geometry.nnk_kernel"],
+            check=True,
+            timeout=_WARM_UP_TIMEOUT_S,
+            capture_output=True,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        # Not fatal: the first job compiles instead, within its own time limit.
+        logger.warning("could not warm the compiled NNK solve: %s", error)
 
 
 @celeryd_after_setup.connect

@@ -239,10 +239,13 @@ class ServiceStack:
         return node_name
 
     def start_api(self) -> None:
+        self.api, self.base_url = self.spawn_api("api")
+
+    def spawn_api(self, name: str, **env_overrides: str) -> tuple[Managed, str]:
+        """Start an API process on a free port; returns it and its base URL."""
         port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.api = self._spawn(
-            "api",
+        process = self._spawn(
+            name,
             [
                 sys.executable,
                 "-m",
@@ -255,7 +258,9 @@ class ServiceStack:
                 "--port",
                 str(port),
             ],
+            **env_overrides,
         )
+        return process, f"http://127.0.0.1:{port}"
 
     def wait_live(self, *, timeout_s: float = 60) -> None:
         """Until the API answers /healthz: for stacks without Redis or a worker."""

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -48,7 +51,7 @@ from jobstate.webhooks import event_id_for
 from nnkgeo.webhooks import generate_secret, verify
 from tests.integration.conftest import STACK_SETTINGS
 from tests.integration.helpers import job_body, submit, upload_array, wait_for_status
-from tests.integration.stack import ServiceStack, wait_until
+from tests.integration.stack import TENANT_KEYS, ServiceStack, wait_until
 from tests.integration.test_webhooks import Receiver
 
 pytestmark = pytest.mark.integration
@@ -177,6 +180,53 @@ def test_a_job_stored_with_its_message_never_sent_still_runs(
     assert stored is not None
     assert stored.attempts == 1
     assert world.store.get_result(TENANT, job.id) is not None
+
+
+def test_an_api_killed_before_its_message_reached_the_broker_leaves_a_job_that_runs(
+    world: World, alpha: httpx.Client
+) -> None:
+    # A second API whose Redis user may not LPUSH, the one command kombu publishes with:
+    # it stores records like any API, and its every send fails, as if it died first.
+    user, password = "api-without-broker", "not-a-secret"
+    world.redis.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        categories=["+@all"],
+        commands=["-lpush"],
+    )
+    parts = urlsplit(world.stack.redis_url)
+    url = urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc}"))
+    api, base_url = world.stack.spawn_api("api-without-broker", NNKGEO_REDIS_URL=url)
+    try:
+        headers = {"Authorization": f"Bearer {TENANT_KEYS[TENANT]}"}
+        with httpx.Client(base_url=base_url, headers=headers, timeout=30) as doomed:
+            wait_until(
+                lambda: doomed.get("/healthz").status_code == 200, timeout_s=60, what="the API"
+            )
+            points = np.random.default_rng(5).standard_normal((90, 5)).astype(np.float32)
+            response = submit(doomed, job_body(upload_array(doomed, points), name="doomed", k=4))
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            # Killed right after it answered: nothing it owes can leave it now.
+            os.killpg(api.process.pid, signal.SIGKILL)
+            api.process.wait(timeout=10)
+    finally:
+        api.stop()
+        world.redis.acl_deluser(user)
+
+    entry = world.store.outbox_entry(job_id)
+    assert entry is not None, "the fast path sent the message: the test proves nothing"
+    assert job_id not in _broker_task_ids(world, "cpu")
+    # The API that took the job is gone; a worker's dispatcher sends what it owed.
+    ended = wait_for_status(alpha, job_id, timeout_s=DISPATCHED_WITHIN_S)
+    assert ended["status"] == "succeeded"
+    assert world.store.outbox_entry(job_id) is None
+    stored = world.store.get_job(TENANT, job_id)
+    assert stored is not None
+    assert stored.attempts == 1
 
 
 def test_the_apis_fast_path_sends_at_once_and_removes_its_entry(
