@@ -4,6 +4,7 @@ and the sandbox policy for uploaded models."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 from jobstate.blobs import BlobStore, open_blob_store
@@ -41,12 +42,16 @@ def _limit_cpu_threads(threads: int | None) -> None:
     if threads is None:
         return
     import faiss
-    import torch
 
-    # faiss (OpenMP) and torch size their thread pools to the host's cores; several
-    # worker processes on one host would each start that many.
+    # faiss (OpenMP), torch and numba size their thread pools to the host's cores;
+    # several worker processes on one host would each start that many. torch and numba
+    # are limited only when already loaded: importing torch here would put its ~2 s
+    # import on the CPU path, which never uses it.
     faiss.omp_set_num_threads(threads)
-    torch.set_num_threads(threads)
+    if (torch := sys.modules.get("torch")) is not None:
+        torch.set_num_threads(threads)
+    if (numba := sys.modules.get("numba")) is not None:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
 def worker_runtime() -> WorkerRuntime:

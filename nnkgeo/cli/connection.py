@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nnkgeo.cli.outcome import Handler, guarded
-from nnkgeo.client import Client
+
+if TYPE_CHECKING:
+    # Imported when a command runs: httpx (and the rich and click it pulls in) would add
+    # a sizeable part of ``nnkgeo --help``'s start-up.
+    from nnkgeo.client import Client
 
 __all__ = ["client_for", "connection_flags", "with_client"]
 
@@ -25,6 +30,8 @@ def connection_flags() -> argparse.ArgumentParser:
 
 def client_for(args: argparse.Namespace) -> Client:
     """A client of the service that ``args`` name (use it as a context manager)."""
+    from nnkgeo.client import Client
+
     return Client(args.url, args.api_key)
 
 

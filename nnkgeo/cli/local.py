@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from api_schemas import AnalysisParams, Report
 from nnkgeo.cli.outcome import EXIT_OK, CommandRefused, Handler
 from nnkgeo.cli.param_flags import add_analysis_flags, field_choices, given_analysis_params
-from nnkgeo.client.progress import ProgressLine
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +36,7 @@ _Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
 # The engine's third-party libraries, by import name: what the [engine] extra adds to
 # the client's install (tests/unit/test_cli_package.py checks them against pyproject).
 ENGINE_LIBRARIES = frozenset(
-    {"numpy", "scipy", "faiss", "torch", "sklearn", "pyarrow", "safetensors"}
+    {"numpy", "scipy", "faiss", "torch", "sklearn", "pyarrow", "safetensors", "numba"}
 )
 ENGINE_INSTALL = "pip install 'nnkgeo[engine]'"
 
@@ -137,6 +136,9 @@ def _analyze(args: argparse.Namespace) -> int:
         )
         for path, name in zip(args.embeddings, names, strict=True)
     ]
+    # Here, not at the top: the client package imports httpx, which ``--help`` never needs.
+    from nnkgeo.client.progress import ProgressLine
+
     try:
         with ProgressLine(enabled=not args.quiet) as progress:
             result = analyze(sets, params=params, progress=progress)
@@ -298,6 +300,8 @@ def _study(args: argparse.Namespace) -> int:
         )
     except ValidationError as error:
         raise CommandRefused(_validation_problems(error, "study")) from error
+    from nnkgeo.client.progress import ProgressLine
+
     started = time.perf_counter()
     try:
         with ProgressLine(enabled=not args.quiet) as progress:

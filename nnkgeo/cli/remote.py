@@ -16,14 +16,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from api_schemas import DatasetOut, JobOut, JobStatus, SetReport
+from api_schemas.datasets import DatasetFormat
 from nnkgeo.cli.connection import connection_flags, with_client
 from nnkgeo.cli.outcome import EXIT_OK, CommandRefused, print_json
 from nnkgeo.cli.param_flags import add_analysis_flags, given_analysis_params
-from nnkgeo.client import Client, UploadFormat
 from nnkgeo.errors import JobError, JobTimeoutError
+
+if TYPE_CHECKING:
+    # The client (httpx) is imported when a command opens one (connection.client_for).
+    from nnkgeo.client import Client
 
 __all__ = ["add_remote_commands"]
 
@@ -74,7 +78,7 @@ def _add_upload(subparsers: _Subparsers, connection: argparse.ArgumentParser) ->
         "with --format torchscript",
     )
     upload.add_argument(
-        "--format", choices=list(get_args(UploadFormat)), help="default: the suffix"
+        "--format", choices=list(get_args(DatasetFormat)), help="default: the suffix"
     )
     upload.add_argument("-q", "--quiet", action="store_true", help="print only the dataset id")
     upload.set_defaults(handler=with_client(_upload))

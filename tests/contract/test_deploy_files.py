@@ -186,6 +186,25 @@ def test_the_image_copies_every_package_and_installs_the_server_extra(dockerfile
     assert "nnkgeo[engine]" in pyproject["project"]["optional-dependencies"]["server"]
 
 
+def test_the_image_warms_a_writable_numba_cache_after_installing_the_engine(dockerfile) -> None:
+    """numba compiles the CPU solve on first use (10-40 s) unless its cache is warm, and
+    site-packages is read-only to the runtime user: the cache lives in NUMBA_CACHE_DIR,
+    filled at build by the kernel's own warm-up and handed to the user the image runs as."""
+    env = " ".join(arguments for keyword, arguments in dockerfile if keyword == "ENV")
+    settings = dict(re.findall(r"(NUMBA_[A-Z_]+)=(\S+)", env))
+    assert settings.get("NUMBA_CACHE_DIR") == "/var/cache/numba", settings
+    assert settings.get("NUMBA_THREADING_LAYER") == "omp", settings
+    runs = [arguments for keyword, arguments in dockerfile if keyword == "RUN"]
+    assert any("libgomp1" in arguments for arguments in runs), "the omp layer needs libgomp"
+    steps = [keyword if keyword != "RUN" else arguments for keyword, arguments in dockerfile]
+    install = next(i for i, step in enumerate(steps) if "pip install '.[server]'" in step)
+    warm = next(i for i, step in enumerate(steps) if "-m workers.geometry.nnk_kernel" in step)
+    users = [arguments for keyword, arguments in dockerfile if keyword == "USER"]
+    assert install < warm < steps.index("USER"), "warm after the install, as root"
+    chown = rf"chown -R {users[-1]}:\S+ \"?\$\{{?NUMBA_CACHE_DIR"
+    assert re.search(chown, steps[warm]), steps[warm]
+
+
 def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     first_lines = [line for line in readme.splitlines() if line.strip()][:4]

@@ -46,8 +46,12 @@ _PEAK_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     from api_schemas import AnalysisParams
-    from workers.geometry import EmbeddingSet, analyze
+    from workers.geometry import EmbeddingSet, analyze, nnk_solve
     n, dim, k, budget = (int(v) for v in sys.argv[1:5])
+    if sys.argv[5] == "torch":
+        # The batched torch solve (the GPU path, and the CPU path without numba): the
+        # one whose (block, k, k) arrays the budget plans.
+        nnk_solve.compiled_kernel = lambda: None
     rng = np.random.default_rng(0)
     points = rng.standard_normal((n, dim)).astype(np.float32)
     labels = rng.integers(0, 10, n)
@@ -62,9 +66,11 @@ _PEAK_SCRIPT = textwrap.dedent(
 )
 
 
-def _measured_peak(n: int, dim: int, k: int, budget: int | None) -> int:
+def _measured_peak(n: int, dim: int, k: int, budget: int | None, *, solve_path: str) -> int:
+    """VmHWM of a fresh process analysing one set; ``solve_path`` "torch" or "compiled"."""
+    arguments = [str(n), str(dim), str(k), str(budget or 1 << 50), solve_path]
     completed = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, str(n), str(dim), str(k), str(budget or 1 << 50)],
+        [sys.executable, "-c", _PEAK_SCRIPT, *arguments],
         capture_output=True,
         text=True,
         timeout=300,
@@ -74,25 +80,35 @@ def _measured_peak(n: int, dim: int, k: int, budget: int | None) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("solve_path", ["torch", "compiled"])
 @pytest.mark.parametrize(("n", "dim", "k"), [(400, 64, 128), (1500, 256, 40)])
 def test_a_run_planned_for_a_budget_peaks_below_it_and_below_its_estimate(
-    n: int, dim: int, k: int
+    n: int, dim: int, k: int, solve_path: str
 ) -> None:
+    if solve_path == "compiled":
+        pytest.importorskip("numba")
     budget = 480 * MIB
     block, threads = plan_solve(n, dim, k, budget_bytes=budget, threads=2)
     estimate = estimate_set_memory(n, dim, k, n_classes=10, solve_block=block, threads=threads)
-    peak = _measured_peak(n, dim, k, budget)
+    peak = _measured_peak(n, dim, k, budget, solve_path=solve_path)
     assert peak <= budget, (peak / MIB, estimate.terms)
     assert peak <= estimate.total, (peak / MIB, estimate.terms)
 
 
 @pytest.mark.slow
 def test_unplanned_blocks_would_have_overrun_the_same_budget() -> None:
-    """The control: without the budget the same run peaks well above it."""
-    peak = _measured_peak(400, 64, 128, None)
+    """The control: without the budget the torch solve's blocks peak well above it.
+
+    The compiled solve needs no plan (a few k x k arrays per thread): unplanned, it
+    stays within the budget that the torch path overruns.
+    """
+    peak = _measured_peak(400, 64, 128, None, solve_path="torch")
     assert peak > 480 * MIB
     estimate = estimate_set_memory(400, 64, 128, n_classes=10, threads=2)
     assert peak <= estimate.total
+    pytest.importorskip("numba")
+    compiled_peak = _measured_peak(400, 64, 128, None, solve_path="compiled")
+    assert compiled_peak <= 480 * MIB, compiled_peak / MIB
 
 
 def test_plan_picks_the_largest_power_of_two_block_that_fits() -> None:

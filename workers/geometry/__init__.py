@@ -3,8 +3,9 @@
 Nothing in this package touches Redis, Celery, HTTP or files. Arrays in, arrays,
 CSR graphs and pydantic report models out.
 
-Importing it loads the engine (numpy, scipy, faiss, torch): the API process never
-does. The errors, shape checks, memory budget and ALGORITHM_VERSION that the API shares
+Importing it loads the engine (numpy, scipy, faiss; numba when the CPU solve first
+runs; torch only for a GPU, the "authors" solver, or without numba): the API process
+never does. The errors, shape checks, memory budget and ALGORITHM_VERSION that the API shares
 with the engine live in `jobstate`, and are re-exported here for the engine's users.
 """
 

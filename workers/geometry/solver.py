@@ -14,23 +14,29 @@ dimension below k) or that do not settle go to a batched Lawson-Hanson active se
 (Lawson & Hanson 1974, ch. 23), which keeps every sub-system non-singular; the few
 left after that, if any, go to scipy's NNLS one by one. All nodes step together in
 torch, so the same code runs on a CPU or a CUDA device.
+
+This is the GPU path (and the CPU path of the "authors" solver, or where numba is not
+installed). The exact solve on a CPU normally runs compiled
+(:mod:`workers.geometry.nnk_kernel`), with the same semantics and tolerances
+(:mod:`workers.geometry.nnk_common`); tests/unit/test_nnk_kernel.py checks that the two
+agree.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-import scipy.linalg
-import scipy.optimize
 import torch
 
-# Two points whose kernel value is within this of 1 are identical (DESIGN: "K = 1").
-IDENTICAL_TOLERANCE = 1e-12
-# DESIGN: weights at or below 1e-6 times the node's largest weight count as zero.
-RELATIVE_ZERO_WEIGHT = 1e-6
-# Pivoting decisions ignore violations smaller than this; far below the 1e-6 KKT contract.
-_PIVOT_TOLERANCE = 1e-11
+# Shared with the compiled CPU kernel (nnk_kernel), so both paths cut and dedupe alike.
+from workers.geometry.nnk_common import (
+    IDENTICAL_TOLERANCE,
+    RELATIVE_ZERO_WEIGHT,
+    scipy_nnls,
+)
+from workers.geometry.nnk_common import PIVOT_TOLERANCE as _PIVOT_TOLERANCE
+
+__all__ = ["IDENTICAL_TOLERANCE", "RELATIVE_ZERO_WEIGHT", "Solver", "nnk_weights"]
 _BPP_BACKUP_STEPS = 3
 # The authors' solver's tolerance for graphs, and its iteration cap.
 AUTHORS_TOLERANCE = 1e-6
@@ -183,19 +189,6 @@ def _lawson_hanson(
     return weights, solved
 
 
-def _scipy_nnls(gram: np.ndarray, rhs: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """One node by scipy's NNLS on a square-root factor of K (works when K is singular)."""
-    weights = np.zeros_like(rhs)
-    index = np.flatnonzero(allowed)
-    eigenvalues, eigenvectors = scipy.linalg.eigh(gram[np.ix_(index, index)])
-    keep = eigenvalues > eigenvalues.max() * 1e-13
-    root = np.sqrt(eigenvalues[keep])
-    factor = root[:, None] * eigenvectors[:, keep].T
-    target = (eigenvectors[:, keep].T @ rhs[index]) / root
-    weights[index], _ = scipy.optimize.nnls(factor, target, maxiter=50 * index.size)
-    return weights
-
-
 def _exact_weights(gram: torch.Tensor, rhs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     n_nodes, k = rhs.shape
     weights = torch.zeros_like(rhs)
@@ -208,7 +201,7 @@ def _exact_weights(gram: torch.Tensor, rhs: torch.Tensor, allowed: torch.Tensor)
         pending = pending[~solved]
     for node in pending.tolist():
         weights[node] = torch.from_numpy(
-            _scipy_nnls(
+            scipy_nnls(
                 gram[node].cpu().numpy(), rhs[node].cpu().numpy(), allowed[node].cpu().numpy()
             )
         ).to(weights)
