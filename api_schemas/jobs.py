@@ -28,11 +28,28 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 
+class QuerySpec(RequestModel):
+    """Points outside the set, each interpolated from its k nearest points of the set.
+
+    Out-of-sample NNK (``sets[].out_of_sample`` in the report): the same width as the
+    set's embeddings; with labels (and the set's), the held-out errors of the four
+    prediction rules and McNemar's test of weighted against unweighted NNK.
+    """
+
+    embeddings: DatasetRef
+    labels: DatasetRef | None = Field(
+        None, description="One label per query point; needs the set's labels too."
+    )
+
+
 class EmbeddingSetSpec(RequestModel):
     name: str = Field(pattern=SET_NAME_PATTERN, description="Unique within the job; used in URLs.")
     embeddings: DatasetRef
     labels: DatasetRef | None = None
     ids: DatasetRef | None = None
+    query: QuerySpec | None = Field(
+        None, description="Held-out points to interpolate from the set (e.g. a test split)."
+    )
 
 
 class JobCreate(RequestModel):

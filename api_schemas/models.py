@@ -27,6 +27,11 @@ UploadId = Annotated[
     str, Field(min_length=1, max_length=128, description="Id of an uploaded dataset.")
 ]
 MAX_STUDY_MODELS = 16
+# Every model is trained once per seed: a study's cost is models x seeds trainings.
+MAX_STUDY_SEEDS = 10
+# Sets one study job may make (models x layers x seeds); 'all' layers count as one here,
+# as before seeds: their number is known only once the model is built.
+MAX_STUDY_SETS = 160
 MAX_LAYERS = 64
 # A path the workers open: well under Linux's PATH_MAX (4096 bytes), and each name within
 # NAME_MAX (255 bytes), past which every system call fails with ENAMETOOLONG.
@@ -278,14 +283,82 @@ class EmbedSpec(_Spec):
 
 
 class TrainConfig(_Spec):
-    """How each model of a study is trained: Adam on cross-entropy, until it fits."""
+    """How each model of a study is trained: Adam on cross-entropy, until it fits.
+
+    ``until="fit"`` stops at the first epoch (not before ``min_epochs``) after which every
+    training point is classified correctly; ``until="loss"`` at the first whose training
+    cross-entropy is at most ``target_loss``. A model that does not get there within
+    ``max_epochs`` is *unfitted*: it is reported, flagged, and left out of the study's
+    intervals and verdicts.
+    """
 
     max_epochs: int = Field(500, ge=1, le=100_000)
+    min_epochs: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description=(
+            "Train at least this many epochs even once the stopping rule holds, so that "
+            "models of every size get a comparable amount of training."
+        ),
+    )
+    until: Literal["fit", "loss"] = Field(
+        "fit",
+        description=(
+            "'fit': stop when the training accuracy is 1.0; 'loss': stop when the training "
+            "cross-entropy (mean over the training set, in eval mode) is at most target_loss."
+        ),
+    )
+    target_loss: float | None = Field(
+        None, gt=0.0, description="The training loss to reach; required when until is 'loss'."
+    )
     seed: int = Field(0, ge=0, description="Seeds the initial weights and the batch order.")
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_STUDY_SEEDS,
+        description=(
+            f"Several training seeds (at most {MAX_STUDY_SEEDS}, distinct): every model is "
+            "trained once per seed, and the study reports means and t-intervals over them. "
+            "Takes precedence over seed."
+        ),
+    )
+    standardize: bool = Field(
+        True,
+        description=(
+            "z-score the inputs with the training split's mean and standard deviation (per "
+            "feature for vectors, per channel for images; constant ones are only centred) "
+            "before training, embedding and testing."
+        ),
+    )
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     batch_size: int = Field(
         64, ge=1, le=1_000_000, description="Minibatch size; at least N means full batch."
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(
+                f"min_epochs ({self.min_epochs}) must not exceed max_epochs ({self.max_epochs})"
+            )
+        if self.until == "loss" and self.target_loss is None:
+            raise ValueError("until='loss' needs target_loss")
+        if self.until == "fit" and self.target_loss is not None:
+            raise ValueError("target_loss applies only with until='loss'")
+        return self
+
+    @property
+    def seed_values(self) -> list[int]:
+        """The training seeds, in the order given: ``seeds``, or ``[seed]``."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
 
 class MLPWidths(_Spec):
@@ -329,9 +402,12 @@ class StudySpec(_Spec):
 
     The models are trained and reported in size order (smallest first), whatever the
     order of ``widths``. Each model is embedded on its training set: the geometry the
-    paper relates to generalisation is that of the data the model has fitted. Test
-    accuracy is measured on the held-out split (the default split when the dataset
-    gives none).
+    paper relates to generalisation is that of the data the model has fitted. The
+    held-out split (the default split when the dataset gives none) gives the test
+    accuracy, and is embedded too: its points are analysed as queries against the
+    training graph (the report's ``study`` section). With several ``train.seeds`` every
+    model is trained once per seed, and the report's ``study`` section gives t-intervals
+    over the fitted seeds and a verdict per claim (:mod:`api_schemas.study`).
     """
 
     kind: Literal["width"] = "width"
@@ -349,8 +425,11 @@ class StudySpec(_Spec):
         n_models = len(
             self.model.widths if isinstance(self.model, MLPWidths) else self.model.width_multipliers
         )
-        if isinstance(self.layers, list) and n_models * len(self.layers) > MAX_LAYERS:
+        n_layers = len(self.layers) if isinstance(self.layers, list) else 1
+        n_seeds = len(self.train.seed_values)
+        if n_models * n_layers * n_seeds > MAX_STUDY_SETS:
             raise ValueError(
-                f"{n_models} models x {len(self.layers)} layers is more than {MAX_LAYERS} sets"
+                f"{n_models} models x {n_layers} layers x {n_seeds} seeds is more than "
+                f"{MAX_STUDY_SETS} sets"
             )
         return self

@@ -10,7 +10,40 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+KnnChoice = Literal["auto", "exact", "approximate"]
+BaselineName = Literal["linear_probe"]
+
+# knn="auto" searches exactly below this many points. Exact search costs O(N^2 d): at 200k
+# x 128 it already takes minutes on a few cores, while IVF-Flat at recall 0.95 is several
+# times faster (docs/BENCHMARKS_KNN.md); below it, exact search is quick enough and its
+# recall is 1.
+APPROXIMATE_KNN_FROM = 200_000
+
+
+def resolve_knn(
+    knn: KnnChoice, n_points: int, *, approximate_from: int = APPROXIMATE_KNN_FROM
+) -> Literal["exact", "approximate"]:
+    """The search that ``knn`` means for a set of ``n_points`` points.
+
+    Parameters
+    ----------
+    knn : {"auto", "exact", "approximate"}
+        The requested search (:attr:`ReportedParams.knn`).
+    n_points : int
+        Points in the set (every shard of a set resolves the same way).
+    approximate_from : int, optional
+        Smallest set that "auto" searches approximately; default
+        :data:`APPROXIMATE_KNN_FROM`.
+
+    Returns
+    -------
+    {"exact", "approximate"}
+    """
+    if knn == "auto":
+        return "approximate" if n_points >= approximate_from else "exact"
+    return knn
 
 
 class ReportedParams(BaseModel):
@@ -36,8 +69,14 @@ class ReportedParams(BaseModel):
             "candidate divided by 3."
         ),
     )
-    knn: Literal["exact", "approximate"] = Field(
-        "exact", description="Exact search, or a faiss HNSW index with measured recall."
+    knn: KnnChoice = Field(
+        "auto",
+        description=(
+            "Candidate search. 'exact': a flat index; 'approximate': a faiss IVF-Flat index "
+            "whose nprobe is raised until the recall@k measured on 1,000 sampled queries "
+            "reaches 0.95; 'auto': exact below 200,000 points, approximate from there. "
+            "The report gives the measured recall either way (1.0 for exact)."
+        ),
     )
     solver: Literal["exact", "authors"] = Field(
         "exact",
@@ -66,6 +105,17 @@ class ReportedParams(BaseModel):
         ),
     )
     seed: int = Field(0, description="Seed for every sampled estimate (recall, ID sample).")
+    # A report keeps a baseline this version does not know (a newer server's); only
+    # AnalysisParams, what can be run, restricts the names.
+    baselines: list[str] = Field(
+        default=[],
+        description=(
+            "Opt-in baselines, reported under sets[].baselines (labelled sets only). "
+            "'linear_probe': a logistic regression on standardised embeddings, scored on "
+            "the set's query points, or by 5-fold cross-validation without them. Off by "
+            "default so that the default analysis stays as fast as the engine."
+        ),
+    )
 
     @model_validator(mode="after")
     def _sigma_only_for_gaussian(self) -> ReportedParams:
@@ -83,3 +133,14 @@ class AnalysisParams(ReportedParams):
     # The fields are ReportedParams'; only the answer to an unknown one differs. A job's
     # params, the engine and the command-line flags take this class.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baselines: list[BaselineName] = Field(
+        default=[],
+        description=ReportedParams.model_fields["baselines"].description,
+    )
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines_once_each(cls, baselines: list[BaselineName]) -> list[BaselineName]:
+        # Sorted and unique, so that the same request always has the same cache key.
+        return sorted(set(baselines))

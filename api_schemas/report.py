@@ -14,9 +14,16 @@ from typing import Any, Literal
 from pydantic import Field, ValidatorFunctionWrapHandler, field_validator
 
 from api_schemas.base import ResponseModel
+from api_schemas.out_of_sample import Baselines, NeuralCollapse, OutOfSample
 from api_schemas.params import AnalysisParams, ReportedParams
+from api_schemas.study import Study
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
+"""1.1: ``sets[].intrinsic_dimension.seed``, the seed of the intrinsic-dimension sample;
+``sets[].out_of_sample``, ``sets[].neural_collapse``, ``sets[].baselines``,
+``sets[].loo_error.{nnk_weighted,nnk_unweighted}_ci95``, ``sets[].regime_uncertain`` and
+``sets[].graph.nonunique_nodes``;
+``study``, a model-size study's intervals over seeds and verdicts per claim."""
 
 REPORT_PAGE_CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 """What the report page may load: nothing but its own inline styles. The page declares it
@@ -38,9 +45,23 @@ class GraphStats(ResponseModel):
     )
     isolated: int = Field(description="Points with no NNK neighbour.")
     knn_recall: float | None = Field(
-        None, description="Measured recall@k of the approximate search on a sample."
+        None,
+        description=(
+            "Measured recall@k of the neighbour search on a sample of queries; 1.0 for exact "
+            "search."
+        ),
     )
     knn_recall_sample: int | None = Field(None, description="Queries in the recall sample.")
+    nonunique_nodes: int | None = Field(
+        None,
+        description=(
+            "Points whose candidate kernel matrix K_S is numerically singular (a Cholesky "
+            "pivot at or below 1e-13 of its diagonal: dimension + 1 < k, or duplicates): "
+            "their NNK optimum may not be unique, and the solve returns a basic one (support "
+            "no larger than the rank of K_S), so degrees are a lower bound there. None: not "
+            "measured (a sharded job)."
+        ),
+    )
 
 
 class QuantileStats(ResponseModel):
@@ -64,6 +85,18 @@ class LooError(ResponseModel):
     knn_weighted: float
     knn_unweighted: float
     soft_nnk_weighted: float
+    nnk_weighted_ci95: list[float] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="[low, high]: Wilson 95 % interval of nnk_weighted (the set's only).",
+    )
+    nnk_unweighted_ci95: list[float] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="[low, high]: Wilson 95 % interval of nnk_unweighted (the set's only).",
+    )
 
 
 class Homogeneity(ResponseModel):
@@ -79,6 +112,14 @@ class IntrinsicDimension(ResponseModel):
     )
     mle_k: int
     n_used: int = Field(description="Query points the estimates were computed on.")
+    seed: int | None = Field(
+        None,
+        description=(
+            "Seed of the query sample (numpy default_rng, drawn without replacement when "
+            "n_used < n_points), so that the estimate can be recomputed; absent from reports "
+            "of schema 1.0."
+        ),
+    )
 
 
 class LabelSmoothness(ResponseModel):
@@ -120,6 +161,13 @@ class SetReport(ResponseModel):
     intrinsic_dimension: IntrinsicDimension
     label_smoothness: LabelSmoothness | None
     regime: Regime | None
+    regime_uncertain: bool | None = Field(
+        None,
+        description=(
+            "True when the Wilson 95 % interval of either NNK LOO error contains the "
+            "regime threshold (0.01): the verdict could flip with a few points."
+        ),
+    )
     per_class: list[ClassMetrics]
     suspects: list[Suspect]
     timings: Timings
@@ -127,6 +175,15 @@ class SetReport(ResponseModel):
     extra: dict[str, float | int | str | None] = Field(
         default_factory=dict,
         description="Facts about where the set came from (a study's model size, accuracy).",
+    )
+    out_of_sample: OutOfSample | None = Field(
+        None, description="The set's query points, interpolated from the set; null without."
+    )
+    neural_collapse: NeuralCollapse | None = Field(
+        None, description="Computed when the set has labels (at least two classes)."
+    )
+    baselines: Baselines | None = Field(
+        None, description="The baselines params.baselines asked for; null when none."
     )
 
 
@@ -144,6 +201,13 @@ class Report(ResponseModel):
     params: ReportedParams
     sets: list[SetReport]
     comparison: Comparison | None = None
+    study: Study | None = Field(
+        None,
+        description=(
+            "A model-size study's summary: per model, t-intervals over the fitted training "
+            "seeds; per claim, a verdict and its evidence (api_schemas.study)."
+        ),
+    )
 
     @field_validator("params", mode="wrap")
     @classmethod

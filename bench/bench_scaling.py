@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import clustered_embeddings  # noqa: E402
+from bench.make_embeddings import write_embeddings  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def measure(
     labels: np.ndarray,
     *,
     k: int,
+    knn: str,
     shard_rows: int,
     quiet_load: float,
     quiet_wait_s: float,
@@ -169,7 +171,7 @@ def measure(
                     "labels": {"dataset": labels_id},
                 }
             ],
-            "params": {"k": k, "knn": "exact", "kernel": "cosine", "device": "cpu"},
+            "params": {"k": k, "knn": knn, "kernel": "cosine", "device": "cpu"},
         }
         load_before = _wait_for_quiet(quiet_load, quiet_wait_s)
         cpu_before = sum(_process_tree_cpu_s(w.process.pid) for w in workers)
@@ -207,6 +209,12 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--knn", choices=["exact", "approximate", "auto"], default="exact")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        help="one gaussian cluster per class (bench/make_embeddings.py), as at 1M x 1,000 classes",
+    )
     parser.add_argument(
         "--shard-rows",
         type=int,
@@ -223,10 +231,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the measurements as JSON")
     args = parser.parse_args()
 
-    points, labels = clustered_embeddings(args.n, args.d, seed=args.seed)
+    if args.classes is None:
+        points, labels = clustered_embeddings(args.n, args.d, seed=args.seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="nnkgeo-scaling-data-") as data:
+            write_embeddings(Path(data), n=args.n, d=args.d, classes=args.classes, seed=args.seed)
+            points = np.load(Path(data) / "embeddings.npy")
+            labels = np.load(Path(data) / "labels.npy")
     print(
         f"machine: {_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{args.n} x {args.d}, k={args.k}, exact, cosine, blocks of {args.shard_rows} rows",
+        f"{args.n} x {args.d}, k={args.k}, {args.knn}, cosine, blocks of {args.shard_rows} rows",
         flush=True,
     )
     measurements: dict[str, Measurement] = {}
@@ -236,6 +250,7 @@ def main() -> None:
             points,
             labels,
             k=args.k,
+            knn=args.knn,
             shard_rows=args.shard_rows,
             quiet_load=args.quiet_load,
             quiet_wait_s=args.quiet_wait_s,

@@ -19,6 +19,7 @@ from htmlreport.sections.guide import guide_section
 from htmlreport.sections.map_figure import map_of_set
 from htmlreport.sections.overview import overview_section
 from htmlreport.sections.set_detail import set_section
+from htmlreport.sections.study import study_section
 from htmlreport.svg import ElementIds
 from htmlreport.text import escaped, shorten
 
@@ -135,6 +136,8 @@ def render_report_html(
     nav = ['<a href="#overview">Overview</a>']
     if report.comparison is not None:
         nav.append('<a href="#comparison">Comparison</a>')
+    if report.study is not None:
+        nav.append('<a href="#study">Study</a>')
     nav += [
         f'<a href="#set-{i + 1}">{escaped(shorten(s.name, 32))}</a>'
         for i, s in enumerate(report.sets)
@@ -167,7 +170,8 @@ def render_report_html(
         f" {escaped(report.algorithm_version)} · report schema {escaped(report.schema_version)}</p>"
         f'<p class="meta">parameters: {params}</p>'
         f'<nav aria-label="contents">{" ".join(nav)}</nav></header>'
-        f"{overview}{comparison_section(ids, report)}{sections}{guide_section()}"
+        f"{overview}{comparison_section(ids, report)}{study_section(ids, report)}{sections}"
+        f"{guide_section()}"
         "<footer>Made by nnkgeo. This page is self-contained: it loads nothing from the"
         " network. Metric definitions: DESIGN section 2.</footer>"
         "</main></body></html>\n"

@@ -280,6 +280,13 @@ def _over_budget(
     )
 
 
-def plan_metrics_block(n_classes: int) -> int:
-    """Rows whose (rows x classes) float64 class scores fit :data:`METRICS_BLOCK_BYTES`."""
-    return max(1, METRICS_BLOCK_BYTES // (8 * max(n_classes, 1)))
+def plan_metrics_block(n_classes: int, *, candidates: int = 1) -> int:
+    """Rows whose (rows x classes) float64 class scores fit :data:`METRICS_BLOCK_BYTES`,
+    and whose (rows x candidates) gathers, weights and masks do too.
+
+    The metrics work a block of rows at a time (``metrics.point_metrics``): with few
+    classes the first bound alone would let 200,000 rows x 30 candidates of int64
+    gathers (48 MiB each) into one block.
+    """
+    per_row = 8 * max(n_classes, candidates, 1)
+    return max(1, METRICS_BLOCK_BYTES // per_row)

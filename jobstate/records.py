@@ -97,9 +97,13 @@ class SetInput(BaseModel):
     embeddings: ArrayInput
     labels: ArrayInput | None = None
     ids: ArrayInput | None = None
+    # The set's query points (``sets[].query`` of the request); absent from older records.
+    query_embeddings: ArrayInput | None = None
+    query_labels: ArrayInput | None = None
 
     def arrays(self) -> list[ArrayInput]:
-        return [a for a in (self.embeddings, self.labels, self.ids) if a is not None]
+        given = (self.embeddings, self.labels, self.ids, self.query_embeddings, self.query_labels)
+        return [a for a in given if a is not None]
 
 
 class UploadInput(BaseModel):

@@ -27,11 +27,13 @@ from api_schemas import (
     Report,
 )
 from api_schemas.datasets import DatasetRef
+from api_schemas.params import resolve_knn
 from api_schemas.problems import FieldError
 from jobstate.blobs import BlobStore
 from jobstate.checks import check_set_shapes
 from jobstate.errors import InvalidInputError
 from jobstate.memory_budget import SHARD_ALIGNMENT, MemoryBudgetError, plan_solve_block
+from jobstate.query_checks import check_query_shapes
 from jobstate.records import (
     JOB_ID_PATTERN,
     ArrayInput,
@@ -85,18 +87,25 @@ def cache_key_for(spec: JobSpec) -> str:
     def array(item: ArrayInput | None) -> dict[str, str] | None:
         return None if item is None else {"sha256": item.sha256, "array": item.array}
 
+    def set_content(s: SetInput) -> dict[str, Any]:
+        content = {
+            "name": s.name,
+            "embeddings": array(s.embeddings),
+            "labels": array(s.labels),
+            "ids": array(s.ids),
+        }
+        # Only a set with queries names them, so the key of a set without is unchanged.
+        if s.query_embeddings is not None:
+            content["query"] = {
+                "embeddings": array(s.query_embeddings),
+                "labels": array(s.query_labels),
+            }
+        return content
+
     content = {
         "algorithm_version": ALGORITHM_VERSION,
         "params": spec.params.model_dump(mode="json"),
-        "sets": [
-            {
-                "name": s.name,
-                "embeddings": array(s.embeddings),
-                "labels": array(s.labels),
-                "ids": array(s.ids),
-            }
-            for s in spec.sets
-        ],
+        "sets": [set_content(s) for s in spec.sets],
     }
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
@@ -183,7 +192,27 @@ class JobMemoryPolicy:
                 n_classes=n_points,
                 rows=rows,
                 threads=1,
-                approximate=params.knn == "approximate",
+                approximate=resolve_knn(params.knn, n_points) == "approximate",
+            )
+        except MemoryBudgetError as error:
+            field_name = "params.k" if error.field == "params.k" else field
+            raise MemoryBudgetError(field_name, error.message) from None
+
+    def check_query(
+        self, shape: Sequence[int], n_queries: int, *, params: AnalysisParams, field: str
+    ) -> None:
+        """The query solve, after the set's own: the set's and the queries' points in one
+        float32 array, and the graphs of both held at once (so all their rows count)."""
+        n_points, dim = int(shape[0]) + n_queries, int(shape[1])
+        try:
+            plan_solve_block(
+                n_points,
+                dim,
+                params.k,
+                budget_bytes=self.budget_bytes,
+                n_classes=n_points,
+                rows=n_points,
+                threads=1,
             )
         except MemoryBudgetError as error:
             field_name = "params.k" if error.field == "params.k" else field
@@ -393,10 +422,17 @@ class JobService:
             embeddings = resolve(set_spec.embeddings, f"{where}.embeddings")
             labels = resolve(set_spec.labels, f"{where}.labels")
             ids = resolve(set_spec.ids, f"{where}.ids")
+            query = set_spec.query
+            query_embeddings = query_labels = None
+            if query is not None:
+                query_embeddings = resolve(query.embeddings, f"{where}.query.embeddings")
+                query_labels = resolve(query.labels, f"{where}.query.labels")
             if (
                 embeddings is None
                 or (set_spec.labels is not None and labels is None)
                 or (set_spec.ids is not None and ids is None)
+                or (query is not None and query_embeddings is None)
+                or (query is not None and query.labels is not None and query_labels is None)
             ):
                 continue
             try:
@@ -413,6 +449,23 @@ class JobService:
                     self._memory.check_set(
                         embeddings[1].shape, params=params, field=f"{where}.embeddings"
                     )
+                if query_embeddings is not None:
+                    check_query_shapes(
+                        name=set_spec.name,
+                        dim=int(embeddings[1].shape[1]),
+                        set_has_labels=labels is not None,
+                        embeddings_shape=query_embeddings[1].shape,
+                        embeddings_dtype=query_embeddings[1].dtype,
+                        labels_shape=query_labels[1].shape if query_labels else None,
+                        labels_dtype=query_labels[1].dtype if query_labels else None,
+                    )
+                    if self._memory is not None:
+                        self._memory.check_query(
+                            embeddings[1].shape,
+                            int(query_embeddings[1].shape[0]),
+                            params=params,
+                            field=f"{where}.query.embeddings",
+                        )
             except InvalidInputError as error:
                 errors.append(FieldError(field=error.field, message=error.message))
                 continue
@@ -433,12 +486,24 @@ class JobService:
                     )
                 )
                 continue
+            if params.kernel == "cosine" and query_embeddings and query_embeddings[1].zero_rows:
+                errors.append(
+                    FieldError(
+                        field=f"{where}.query.embeddings",
+                        message=f"{query_embeddings[1].zero_rows} query rows are zero vectors, "
+                        "which have no direction under the cosine kernel; drop them or use "
+                        "kernel='gaussian'",
+                    )
+                )
+                continue
             sets.append(
                 SetInput(
                     name=set_spec.name,
                     embeddings=embeddings[0],
                     labels=labels[0] if labels else None,
                     ids=ids[0] if ids else None,
+                    query_embeddings=query_embeddings[0] if query_embeddings else None,
+                    query_labels=query_labels[0] if query_labels else None,
                 )
             )
         if errors:

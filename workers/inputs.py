@@ -30,7 +30,7 @@ def load_set(blobs: BlobStore, set_input: SetInput, *, max_array_bytes: int) -> 
     Returns
     -------
     EmbeddingSet
-        Its arrays memory-mapped where the format allows.
+        Its arrays (the query points' too) memory-mapped where the format allows.
 
     Raises
     ------
@@ -43,7 +43,8 @@ def load_set(blobs: BlobStore, set_input: SetInput, *, max_array_bytes: int) -> 
         array_input = getattr(set_input, which)
         if array_input is None:
             return None
-        field = f"sets[{set_input.name}].{which}"
+        # The request's names: sets[name].query.embeddings for query_embeddings.
+        field = f"sets[{set_input.name}].{which.replace('query_', 'query.')}"
         path = blobs.path_of(array_input.sha256)
         if not path.is_file():
             raise InvalidInputError(
@@ -73,4 +74,6 @@ def load_set(blobs: BlobStore, set_input: SetInput, *, max_array_bytes: int) -> 
         embeddings=load("embeddings"),
         labels=load("labels"),
         ids=load("ids"),
+        query_embeddings=load("query_embeddings"),
+        query_labels=load("query_labels"),
     )

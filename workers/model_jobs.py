@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from api_schemas import AnalysisParams
 from jobstate.records import JobSpec
-from workers.geometry import EmbeddingSet, InvalidInputError
+from workers.geometry import Analysis, EmbeddingSet, InvalidInputError
 from workers.geometry.analysis import ProgressCallback
 from workers.models import PathNotAllowedError
 from workers.models.sandbox.runner import SandboxPolicy
 
-__all__ = ["build_model_job_sets"]
+__all__ = ["add_study_section", "build_model_job_sets"]
 
 
 def _prefixed(error: InvalidInputError, prefix: str) -> InvalidInputError:
@@ -119,3 +120,17 @@ def build_model_job_sets(
         )
     except InvalidInputError as error:
         raise _prefixed(error, prefix) from error
+
+
+def add_study_section(
+    analysis: Analysis, sets: Sequence[EmbeddingSet], *, params: AnalysisParams
+) -> Analysis:
+    """A study job's analysis with its report's ``study`` section; any other unchanged.
+
+    The held-out split of each study set is solved as queries against its training
+    graph (``sets[].out_of_sample``), and the models are summarised over their fitted
+    seeds with a verdict per claim (:mod:`workers.models.study_report`).
+    """
+    from workers.models.study_report import add_study_section as with_study
+
+    return with_study(analysis, sets, params=params)

@@ -1,11 +1,11 @@
 """A large job in row blocks: fan-out, one block (``solve_block``), the assembly.
 
 ``analyze_sets`` plans the job (:func:`plan_sets`); when some set has several blocks it
-validates the sets, builds each set's approximate index once (``knn="approximate"``),
-records the plan under its attempt and sends one ``solve_block`` per (set, row block)
-(:func:`fan_out`). Each block solves its rows against all points, writes them to the
-blob store and records the blob in the store, once (a redelivered block finds its result
-and stops). The recording that completes the run sends ``assemble_job``
+validates the sets, builds each set's approximate index once (where ``knn`` resolves
+to "approximate"), records the plan under its attempt and sends one ``solve_block`` per
+(set, row block) (:func:`fan_out`). Each block solves its rows against all points,
+writes them to the blob store and records the blob in the store, once (a redelivered
+block finds its result and stops). The recording that completes the run sends ``assemble_job``
 (:func:`run_assembly`), which joins the blocks, measures each set and finishes the job
 as the single task would have.
 
@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 
 from api_schemas import JobStatus
+from api_schemas.params import resolve_knn
 from jobstate.dispatch import enqueue_assembly, enqueue_block
 from jobstate.records import JobRecord, SetBlocks, ShardedRun, block_key
 from jobstate.store import (
@@ -113,7 +114,8 @@ def fan_out(
         validate_set(embedding_set, params=params)
     planned: list[SetBlocks] = []
     for embedding_set, blocks in zip(sets, set_blocks, strict=True):
-        if params.knn == "approximate" and len(blocks.blocks) > 1:
+        n_points = len(embedding_set.embeddings)
+        if resolve_knn(params.knn, n_points) == "approximate" and len(blocks.blocks) > 1:
             progress(f"{embedding_set.name}:index", 0.0)
             index = build_approximate_index_for(
                 np.ascontiguousarray(embedding_set.embeddings, dtype=np.float32), params=params

@@ -127,6 +127,10 @@ def write_block(file: BinaryIO, nnk: NNKGraph, *, job_id: str, device_warning: s
         query_kernel=nnk.query_kernel,
         valid=nnk.valid,
         reconstruction_error=nnk.reconstruction_error,
+        # Empty when the solve did not test its K_S (an older block file has no entry).
+        rank_deficient=np.zeros(0, dtype=bool)
+        if nnk.rank_deficient is None
+        else nnk.rank_deficient,
         first_row=np.int64(nnk.first_row),
         knn_s=np.float64(nnk.knn_s),
         solve_s=np.float64(nnk.solve_s),
@@ -141,12 +145,16 @@ def read_block(path: Path) -> SolvedBlock:
     with np.load(path, allow_pickle=False) as arrays:
         recall = float(arrays["knn_recall"])
         recall_sample = int(arrays["knn_recall_sample"])
+        deficient = arrays["rank_deficient"] if "rank_deficient" in arrays.files else None
+        if deficient is not None and deficient.size != arrays["weights"].shape[0]:
+            deficient = None
         nnk = NNKGraph(
             candidate_indices=arrays["candidate_indices"],
             weights=arrays["weights"],
             query_kernel=arrays["query_kernel"],
             valid=arrays["valid"],
             reconstruction_error=arrays["reconstruction_error"],
+            rank_deficient=deficient,
             knn_recall=None if math.isnan(recall) else recall,
             knn_recall_sample=None if recall_sample < 0 else recall_sample,
             knn_s=float(arrays["knn_s"]),
@@ -161,7 +169,7 @@ def write_approximate_index(file: BinaryIO, index: ApproximateIndex, *, job_id: 
     np.savez(
         file,
         index_bytes=np.frombuffer(index.index_bytes, dtype=np.uint8),
-        ef_search=np.int64(index.ef_search),
+        nprobe=np.int64(index.nprobe),
         recall=np.float64(index.recall),
         recall_sample=np.int64(index.recall_sample),
         job_id=np.str_(job_id),
@@ -172,7 +180,7 @@ def read_approximate_index(path: Path) -> ApproximateIndex:
     with np.load(path, allow_pickle=False) as arrays:
         return ApproximateIndex(
             index_bytes=arrays["index_bytes"].tobytes(),
-            ef_search=int(arrays["ef_search"]),
+            nprobe=int(arrays["nprobe"]),
             recall=float(arrays["recall"]),
             recall_sample=int(arrays["recall_sample"]),
         )

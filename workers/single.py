@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 from api_schemas import JobStatus
+from api_schemas.params import resolve_knn
 from jobstate.errors import AnalysisCanceled
 from jobstate.memory_budget import estimate_set_memory, plan_solve
 from jobstate.records import JobRecord, utc_now
@@ -28,7 +29,7 @@ from jobstate.store import ClaimOutcome, Lease, new_claim_token
 from workers.geometry import EmbeddingSet, analyze
 from workers.inputs import load_set
 from workers.leases import holding_lease
-from workers.model_jobs import build_model_job_sets
+from workers.model_jobs import add_study_section, build_model_job_sets
 from workers.outcomes import ending_job_on_error, memory_problem, succeed, worker_lost_problem
 from workers.progress import MODEL_PROGRESS_SHARE, JobProgressReporter, progress_share
 from workers.runtime import WorkerRuntime, model_sandbox_policy, worker_runtime
@@ -178,14 +179,14 @@ def _record_estimate(
             params.k,
             n_classes=0 if s.labels is None else int(s.embeddings.shape[0]),
             threads=runtime.cpu_threads,
-            approximate=params.knn == "approximate",
+            approximate=resolve_knn(params.knn, int(s.embeddings.shape[0])) == "approximate",
             solve_block=plan_solve(
                 int(s.embeddings.shape[0]),
                 int(s.embeddings.shape[1]) if s.embeddings.ndim == 2 else 1,
                 params.k,
                 budget_bytes=runtime.settings.memory_planning_budget_bytes,
                 threads=runtime.cpu_threads,
-                approximate=params.knn == "approximate",
+                approximate=resolve_knn(params.knn, int(s.embeddings.shape[0])) == "approximate",
             )[0],
         ).total
         for s in sets
@@ -221,4 +222,5 @@ def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> N
         n_threads=runtime.threads,
         memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
     )
+    analysis = add_study_section(analysis, sets, params=job.spec.params)
     succeed(runtime, job, analysis, attempt=attempt, sets=sets)

@@ -108,9 +108,13 @@ def comparison_section(ids: ElementIds, report: Report) -> str:
         ),
     ]
     for path in comparison.series:
-        if path.startswith("extra."):
-            name = path.removeprefix("extra.")
-            figures.append(chart(name, [(path, name)], name, from_zero=False))
+        # A fact that is the same for every set, a seed or a 0/1 flag is no line to follow.
+        if not path.startswith("extra.") or path in ("extra.fitted", "extra.seed"):
+            continue
+        if len({value for value in _series(report, path) if value is not None}) < 2:
+            continue
+        name = path.removeprefix("extra.").replace("_", " ")
+        figures.append(chart(name.capitalize(), [(path, name)], name, from_zero=False))
     regimes = comparison.series.get("regime")
     regime_row = ""
     if regimes and any(regimes):

@@ -42,6 +42,64 @@ def _cards(set_report: SetReport) -> str:
     return f'<div class="card-row">{"".join(html)}</div>'
 
 
+def _interval(bounds: list[float] | None) -> str:
+    return "" if bounds is None else f" [{fmt(bounds[0], 3)}, {fmt(bounds[1], 3)}]"
+
+
+def _errors_table(set_report: SetReport) -> str:
+    """LOO errors (with Wilson 95 % intervals) beside the held-out ones, then the facts
+    beside them: McNemar on the queries, NC1, the linear probe."""
+    loo, held_out = set_report.loo_error, set_report.out_of_sample
+    held_errors = held_out.error if held_out is not None else None
+    notes: list[str] = []
+    if set_report.regime_uncertain:
+        notes.append(
+            "The regime is uncertain: a 95 % interval of an NNK LOO error contains the "
+            "threshold 0.01."
+        )
+    if held_out is not None and held_out.mcnemar is not None:
+        test = held_out.mcnemar.weighted_vs_unweighted
+        notes.append(
+            f"Held-out McNemar, NNK weighted vs unweighted: {test.b:,} queries only weighted "
+            f"gets right, {test.c:,} only unweighted; exact p = {fmt(test.p_value, 3)}."
+        )
+    if held_out is not None:
+        notes.append(
+            f"{held_out.n:,} query points; mean NNK degree {fmt(held_out.nnk_degree.mean)}, "
+            f"mean reconstruction error {fmt(held_out.reconstruction_error.mean)}."
+        )
+    collapse = set_report.neural_collapse
+    if collapse is not None:
+        notes.append(f"Neural collapse NC1 = tr(Σ_W Σ_B⁺)/C: {fmt(collapse.nc1)}.")
+    probe = set_report.baselines.linear_probe if set_report.baselines is not None else None
+    if probe is not None:
+        how = "on the query points" if probe.method == "held_out" else "by 5-fold cross-validation"
+        notes.append(f"Linear-probe error (logistic regression), {how}: {fmt(probe.error)}.")
+    if loo is None and held_errors is None and not notes:
+        return ""
+    table = ""
+    if loo is not None or held_errors is not None:
+        intervals = {
+            "nnk_weighted": loo.nnk_weighted_ci95 if loo is not None else None,
+            "nnk_unweighted": loo.nnk_unweighted_ci95 if loo is not None else None,
+        }
+        rows = "".join(
+            f'<tr><th scope="row">{escaped(name)}</th>'
+            f"<td>{fmt(getattr(loo, key) if loo is not None else None)}"
+            f"{escaped(_interval(intervals.get(key)))}</td>"
+            f"<td>{fmt(getattr(held_errors, key) if held_errors is not None else None)}</td></tr>"
+            for key, name, _ in LOO_SERIES
+        )
+        table = (
+            '<div class="panel"><table><caption>Prediction errors: leave-one-out (95 % '
+            'interval) and held-out queries</caption><thead><tr><th scope="col">rule</th>'
+            '<th scope="col">LOO</th><th scope="col">held-out</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>"
+        )
+    paragraphs = "".join(f'<p class="meta">{escaped(note)}</p>' for note in notes)
+    return f"<h3>Errors</h3>{table}{paragraphs}"
+
+
 def _degree_histogram(ids: ElementIds, set_report: SetReport) -> str:
     degree = set_report.nnk_degree
     counts = list(degree.histogram)
@@ -243,6 +301,7 @@ def set_section(
         + (f" · {set_report.n_classes:,} classes" if set_report.n_classes is not None else "")
         + f"</p>{extra}{_cards(set_report)}{_warnings_list(set_report)}"
         f'<div class="grid">{"".join(figures)}</div>'
+        f"{_errors_table(set_report)}"
         f"{_suspects_table(set_report, asked=suspects_asked)}"
         f"{_per_class_table(set_report)}</section>"
     )

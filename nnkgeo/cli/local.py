@@ -103,6 +103,17 @@ def _add_analyze(subparsers: _Subparsers) -> None:
     analyze.add_argument("--labels-array", help="array name inside the labels file")
     analyze.add_argument("--ids", help="file with N point ids, shown beside suspects")
     analyze.add_argument("--ids-array", help="array name inside the ids file")
+    analyze.add_argument(
+        "--query",
+        metavar="Q",
+        help="held-out points (M x d), each interpolated from its k nearest points of EMB "
+        "(report: sets[].out_of_sample)",
+    )
+    analyze.add_argument("--query-array", help="array name inside the query file")
+    analyze.add_argument(
+        "--query-labels", metavar="QY", help="file with M query labels (needs --labels)"
+    )
+    analyze.add_argument("--query-labels-array", help="array name inside the query labels file")
     add_analysis_flags(analyze, with_defaults=True)
     analyze.add_argument("--out", required=True, help="where to write report.json")
     analyze.add_argument(
@@ -126,6 +137,14 @@ def _analyze(args: argparse.Namespace) -> int:
         raise CommandRefused(_validation_problems(error, "params")) from error
     labels = None if args.labels is None else _read(args.labels, args.labels_array, "labels")
     ids = None if args.ids is None else _read(args.ids, args.ids_array, "ids")
+    if args.query_labels is not None and args.query is None:
+        raise CommandRefused("--query-labels needs --query")
+    queries = None if args.query is None else _read(args.query, args.query_array, "query")
+    query_labels = (
+        None
+        if args.query_labels is None
+        else _read(args.query_labels, args.query_labels_array, "query labels")
+    )
     names = _set_names(args.embeddings, args.name)
     sets = [
         EmbeddingSet(
@@ -133,6 +152,8 @@ def _analyze(args: argparse.Namespace) -> int:
             embeddings=_read(path, args.array, "embeddings"),
             labels=labels,
             ids=ids,
+            query_embeddings=queries,
+            query_labels=query_labels,
         )
         for path, name in zip(args.embeddings, names, strict=True)
     ]
@@ -162,6 +183,12 @@ def _analyze(args: argparse.Namespace) -> int:
                     f", LOO error NNK {set_report.loo_error.nnk_weighted:.4f} / unweighted "
                     f"{set_report.loo_error.nnk_unweighted:.4f}, pure patches "
                     f"{set_report.homogeneity.pure_patch_fraction:.3f}, regime {set_report.regime}"
+                )
+            held_out = set_report.out_of_sample
+            if held_out is not None and held_out.error is not None:
+                summary += (
+                    f"; held-out error NNK {held_out.error.nnk_weighted:.4f} / unweighted "
+                    f"{held_out.error.nnk_unweighted:.4f} (M={held_out.n})"
                 )
             print(summary, file=sys.stderr)
     return EXIT_OK
@@ -264,6 +291,28 @@ def _add_study(subparsers: _Subparsers) -> None:
     study.add_argument("--pooling", choices=["avg", "flatten", "max"], default="avg")
     study.add_argument("--max-epochs", type=int, default=500)
     study.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    study.add_argument(
+        "--seeds",
+        help="several training seeds, comma-separated (0,1,2): each model is trained once per "
+        "seed and the report's study section gives t-intervals and verdicts; overrides --seed",
+    )
+    study.add_argument(
+        "--min-epochs", type=int, default=0, help="train at least this many epochs (default 0)"
+    )
+    study.add_argument(
+        "--until",
+        choices=["fit", "loss"],
+        default="fit",
+        help="stop when the training accuracy is 1.0 (fit, default) or the training loss is "
+        "at most --target-loss (loss)",
+    )
+    study.add_argument("--target-loss", type=float, help="the training loss --until loss stops at")
+    study.add_argument(
+        "--no-standardize",
+        dest="standardize",
+        action="store_false",
+        help="train on the inputs as given (default: z-scored with the training statistics)",
+    )
     study.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     study.add_argument("--batch-size", type=int, default=64)
     # --seed seeds the training and --device places it too: the study's own.
@@ -292,6 +341,7 @@ def _study(args: argparse.Namespace) -> int:
 
     from workers.geometry import InvalidInputError, analyze
     from workers.models import load_dataset, run_study
+    from workers.models.study_report import add_study_section
 
     spec, local_path = _study_spec(args)
     try:
@@ -314,6 +364,7 @@ def _study(args: argparse.Namespace) -> int:
                 spec, dataset=data, params=params, device=args.device, progress=progress
             )
             result = analyze(sets, params=params, progress=progress)
+            result = add_study_section(result, sets, params=params)
     except InvalidInputError as error:
         raise CommandRefused(str(error)) from error
     _write_report(result.report, sets, out=args.out, html=args.html)
@@ -384,6 +435,11 @@ def _study_spec(args: argparse.Namespace) -> tuple[StudySpec, Path | None]:
             model=model,
             train={
                 "max_epochs": args.max_epochs,
+                "min_epochs": args.min_epochs,
+                "until": args.until,
+                "target_loss": args.target_loss,
+                "standardize": args.standardize,
+                "seeds": None if args.seeds is None else _comma_list(args.seeds, int, "--seeds"),
                 "seed": args.seed,
                 "lr": args.lr,
                 "batch_size": args.batch_size,
@@ -414,4 +470,12 @@ def _print_study_table(report: Report, *, seconds: float) -> None:
             f"{set_report.homogeneity.pure_patch_fraction:>6.3f} {set_report.regime:<17}",
             file=sys.stderr,
         )
+    if report.study is not None:
+        for summary in report.study.models:
+            print(
+                f"{summary.name}: fitted {len(summary.fitted_seeds)} of {summary.seeds} seeds",
+                file=sys.stderr,
+            )
+        for claim in report.study.claims:
+            print(f"claim {claim.id} ({claim.layer}): {claim.verdict}", file=sys.stderr)
     print(f"study and analysis took {seconds:.1f} s", file=sys.stderr)

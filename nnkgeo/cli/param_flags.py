@@ -93,6 +93,19 @@ def add_analysis_flags(
         value_type = _value_type(field.annotation)
         options: dict[str, Any] = {"dest": name}
         help_text = (field.description or "").rstrip(".")
+        if get_origin(value_type) is list:
+            # A list of choices (``baselines``): the flag once per item.
+            (item,) = get_args(value_type)
+            if get_origin(item) is Literal:
+                options["choices"] = list(get_args(item))
+            else:
+                options["type"] = item
+            options["action"] = "append"
+            # argparse copies a list default before appending, so the field's stays [].
+            options["default"] = list(field.default) if with_defaults else argparse.SUPPRESS
+            help_text += "; repeat the flag for several (default: none)"
+            parser.add_argument(_flag(name), help=help_text, **options)
+            continue
         if get_origin(value_type) is Literal:
             options["choices"] = field_choices(name, model=model)
         elif value_type is bool:

@@ -108,6 +108,15 @@ def _add_submit(
         help="a set: dataset ids of its embeddings, labels and ids; DATASET/ARRAY names an "
         "array of a several-array dataset (repeatable)",
     )
+    submit.add_argument(
+        "--query",
+        dest="queries",
+        action="append",
+        default=[],
+        metavar="NAME=Q[:QY]",
+        help="held-out points of set NAME: dataset ids of their embeddings and labels, "
+        "each interpolated from the set (report: sets[].out_of_sample; repeatable)",
+    )
     submit.add_argument("--params-json", metavar="JSON|@FILE", help="params as JSON, or @file.json")
     # No defaults here: a flag not given stays out of the request, and the service
     # fills it with its own default (which may differ from this client's version).
@@ -210,7 +219,7 @@ def _describe_dataset(dataset: DatasetOut) -> str:
 
 
 def _submit(args: argparse.Namespace, client: Client) -> int:
-    sets = [_parse_set(text) for text in args.sets]
+    sets = _with_queries([_parse_set(text) for text in args.sets], args.queries)
     job = client.submit(sets, _params(args), idempotency_key=args.idempotency_key)
     if args.wait:
         job = _wait_for(args, client, job.id)
@@ -236,6 +245,25 @@ def _parse_set(text: str) -> dict[str, Any]:
             dataset, _, array = part.partition("/")
             spec[role] = {"dataset": dataset, **({"array": array} if array else {})}
     return spec
+
+
+def _with_queries(sets: list[dict[str, Any]], queries: list[str]) -> list[dict[str, Any]]:
+    """Each ``--query NAME=Q[:QY]`` as the ``query`` of the set it names."""
+    by_name = {spec["name"]: spec for spec in sets}
+    for text in queries:
+        name, separator, inputs = text.partition("=")
+        parts = inputs.split(":")
+        if not separator or not parts[0] or len(parts) > 2:
+            raise CommandRefused(f"--query {text!r}: expected NAME=Q[:QY]")
+        if name not in by_name:
+            raise CommandRefused(f"--query {text!r}: no --set named {name!r}")
+        query: dict[str, Any] = {}
+        for role, part in zip(("embeddings", "labels"), parts, strict=False):
+            if part:
+                dataset, _, array = part.partition("/")
+                query[role] = {"dataset": dataset, **({"array": array} if array else {})}
+        by_name[name]["query"] = query
+    return sets
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,11 +21,14 @@ def analyze_plan(
     name: str,
     params: ParamsLike,
     wait: bool,
+    query: object | None = None,
+    query_labels: object | None = None,
     progress: ProgressOption,
     timeout: float | None,
     poll_interval: float,
 ) -> Plan[Report | JobOut]:
-    """Upload the labels once and each set's embeddings, submit, and (``wait``) the report.
+    """Upload the labels (and queries) once and each set's embeddings, submit, and
+    (``wait``) the report. The query points are every set's (``sets[].query``).
 
     Raises
     ------
@@ -41,9 +44,20 @@ def analyze_plan(
     )
     # Validate before uploading anything: a bad params dict must not cost an upload.
     job_create([{"name": set_name, "embeddings": {"dataset": "-"}} for set_name in named], params)
+    if query_labels is not None and query is None:
+        raise UsageError("query_labels need query (the query points' embeddings)")
     labels_ref = None
     if labels is not None:
         labels_ref = _single_array_ref((yield upload_call(labels, None)), what="labels")
+    query_ref: dict[str, Any] | None = None
+    if query is not None:
+        query_ref = {
+            "embeddings": _single_array_ref((yield upload_call(query, None)), what="query")
+        }
+        if query_labels is not None:
+            query_ref["labels"] = _single_array_ref(
+                (yield upload_call(query_labels, None)), what="query labels"
+            )
     sets = []
     for set_name, set_embeddings in named.items():
         uploaded = yield upload_call(set_embeddings, None)
@@ -53,6 +67,8 @@ def analyze_plan(
         }
         if labels_ref is not None:
             spec["labels"] = labels_ref
+        if query_ref is not None:
+            spec["query"] = query_ref
         sets.append(spec)
     job = yield submit_call(sets, params, None)
     if not wait:

@@ -167,7 +167,8 @@ class Client:
         ----------
         sets : list of set specs, mapping, or JobCreate
             Either the API's form, ``[{"name": "layer4", "embeddings": {"dataset": ID},
-            "labels": {"dataset": ID}}]``, or the shorthand ``{"layer4": (emb, labels)}``
+            "labels": {"dataset": ID}, "query": {"embeddings": {"dataset": ID}}}]``
+            (``query``, optional: held-out points), or the shorthand ``{"layer4": (emb, labels)}``
             where each of ``emb``, ``labels`` (and an optional third, ``ids``) is a
             dataset id, a :class:`DatasetOut` or a :class:`DatasetRef` (to name an array),
             and ``labels`` may be None. Several sets are compared in the order given.
@@ -279,6 +280,8 @@ class Client:
         *,
         name: str = "set",
         params: AnalysisParams | Mapping[str, Any] | None = None,
+        query: object | None = None,
+        query_labels: object | None = None,
         wait: bool = True,
         progress: ProgressOption = True,
         timeout: float | None = None,
@@ -296,6 +299,11 @@ class Client:
         name : str, default "set"
             The set's name, when ``embeddings`` is not a mapping.
         params : AnalysisParams or dict, optional
+        query : array-like, tensor, path or table, optional
+            Held-out points of shape (M, d), each interpolated from its k nearest points
+            of every set (``report.sets[i].out_of_sample``).
+        query_labels : array-like, tensor, path or table, optional
+            M labels of the query points (needs ``labels``): the held-out errors.
         wait : bool, default True
             False: return the submitted job at once instead of the report.
         progress, timeout, poll_interval
@@ -312,6 +320,8 @@ class Client:
                 labels,
                 name=name,
                 params=params,
+                query=query,
+                query_labels=query_labels,
                 wait=wait,
                 progress=progress,
                 timeout=timeout,

@@ -175,7 +175,10 @@ def _set_metrics(set_report: SetReport) -> dict[str, float]:
     values: dict[str, float | None] = {}
     if set_report.loo_error is not None:
         for field in LooError.model_fields:
-            values[f"loo_error.{field}"] = getattr(set_report.loo_error, field)
+            value = getattr(set_report.loo_error, field)
+            # The errors, not their [low, high] intervals (a metric is one number).
+            if isinstance(value, int | float):
+                values[f"loo_error.{field}"] = value
     if set_report.homogeneity is not None:
         for field in Homogeneity.model_fields:
             values[f"homogeneity.{field}"] = getattr(set_report.homogeneity, field)
@@ -189,6 +192,11 @@ def _set_metrics(set_report: SetReport) -> dict[str, float]:
         values["label_smoothness.cross_class_edge_fraction"] = (
             set_report.label_smoothness.cross_class_edge_fraction
         )
+    if set_report.neural_collapse is not None:
+        values["neural_collapse.nc1"] = set_report.neural_collapse.nc1
+    if set_report.out_of_sample is not None and set_report.out_of_sample.error is not None:
+        for field, value in set_report.out_of_sample.error.model_dump().items():
+            values[f"out_of_sample.error.{field}"] = value
     return {key: float(value) for key, value in values.items() if value is not None}
 
 

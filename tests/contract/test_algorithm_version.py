@@ -42,6 +42,12 @@ FINGERPRINTS: dict[str, dict[str, str]] = {
         "default": "918ad0aba0cf232738588f077f75ca0e4273fb0051250beeb204f63ce71aaece",
         "varied": "77c7ca9836ee09fa47229b81839f7e1482960c5c7595ee0248abd7d72bc95568",
     },
+    # 4: --knn auto by default (IVF-Flat from 200,000 points), ties at the k-th candidate
+    # to the smaller index, the compiled CPU solve.
+    "4": {
+        "default": "5ba7b65efed4a72df0373cf47f526da60ef05c6d2607aa9b370747491ddf09b6",
+        "varied": "36fb05670e0ede6b5fd73ffe9265a722c07182ea0771d84eb4aa34d5ab51f298",
+    },
 }
 
 

@@ -55,6 +55,7 @@ ENGINE_JOBSTATE_LEAVES = frozenset(
     {
         "jobstate.errors",
         "jobstate.checks",
+        "jobstate.query_checks",
         "jobstate.memory_budget",
         "jobstate.model_footprint",
         "jobstate.data_paths",

@@ -22,6 +22,10 @@ from api_schemas import REPORT_SCHEMA_VERSION, Report, SetReport
 # when it is introduced; an entry never changes afterwards.
 FINGERPRINTS: dict[str, str] = {
     "1.0": "73e1a711a0cab51f98712071328854b3b040f11ab53d157f0c1465ac30758103",
+    # 1.1: sets[].intrinsic_dimension.seed (and params.knn gains "auto"); sets[].
+    # out_of_sample, neural_collapse, baselines, loo_error.*_ci95, regime_uncertain,
+    # graph.nonunique_nodes; study; params.baselines
+    "1.1": "051abff4ecf878f496c5bbf88a8a8b721c05d56d894515485cc0ff9601520d97",
 }
 
 

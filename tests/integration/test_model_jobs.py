@@ -39,6 +39,7 @@ from tests.integration.helpers import (
 from tests.integration.stack import ServiceStack
 from workers.geometry import analyze
 from workers.models import build_family_model, embed_sets, load_dataset, load_model, run_study
+from workers.models.study_report import add_study_section
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +146,8 @@ def test_study_report_equals_the_in_process_study(
     spec = StudySpec.model_validate(STUDY)
     params = AnalysisParams(**STUDY_PARAMS)
     sets = run_study(spec, dataset=load_dataset(spec.dataset), params=params, device="cpu")
-    expected = analyze(sets, params=params, n_threads=1).report.model_dump(mode="json")
+    analysis = add_study_section(analyze(sets, params=params, n_threads=1), sets, params=params)
+    expected = analysis.report.model_dump(mode="json")
 
     assert comparable(served) == comparable(expected)
     assert [entry["name"] for entry in served["sets"]] == ["mlp-d2-w16", "mlp-d2-w64"]

@@ -27,7 +27,7 @@ def test_exact_search_equals_brute_force(metric):
         prepare_vectors(points, metric=metric), 12, metric=metric, query_block=97
     )
     np.testing.assert_array_equal(found.indices, brute_force_neighbours(points, 12, metric=metric))
-    assert found.recall is None
+    assert (found.recall, found.recall_sample) == (1.0, 0)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

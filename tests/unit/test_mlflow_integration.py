@@ -106,6 +106,8 @@ def _expected_metrics(set_report, head: str) -> dict[str, float]:
             set_report.label_smoothness.cross_class_edge_fraction
         ),
     }
+    if set_report.neural_collapse is not None and set_report.neural_collapse.nc1 is not None:
+        numbers["neural_collapse.nc1"] = set_report.neural_collapse.nc1
     return {f"{head}.{key}": value for key, value in numbers.items()}
 
 

@@ -240,10 +240,11 @@ def test_unsettled_nodes_go_to_scipy_and_still_satisfy_kkt(monkeypatch):
     assert np.abs(error - compiled_error).max() <= 1e-6
 
 
-def _unsettled_batch(gram, rhs, allowed, tolerances, slots, weights, error, settled):
+def _unsettled_batch(gram, rhs, allowed, tolerances, slots, weights, error, settled, deficient):
     weights[:] = np.nan
     error[:] = np.nan
     settled[:] = False
+    deficient[:] = False
 
 
 def test_warm_up_compiles_every_entry_point():

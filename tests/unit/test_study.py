@@ -90,9 +90,15 @@ def _saved_sets(report: Report, arrays: dict[str, np.ndarray]) -> list[Embedding
 
 
 def _without_timings(report: Report) -> dict:
+    """The report without timings, nor what only a study adds (the held-out split)."""
     dumped = json.loads(report.model_dump_json())
+    dumped.pop("study", None)
     for entry in dumped["sets"]:
         entry.pop("timings")
+        entry.pop("out_of_sample", None)
+    series = dumped["comparison"]["series"]
+    for path in [path for path in series if path.startswith("out_of_sample.")]:
+        series.pop(path)
     return dumped
 
 
@@ -199,3 +205,42 @@ def test_cli_study_refuses_a_bad_reference_with_status_2(tmp_path, capsys):
     )
     assert status == 2
     assert "no layer named 'hidden7'" in capsys.readouterr().err
+
+
+def test_cli_study_flags_make_the_training_controls():
+    from nnkgeo.cli.entry import build_parser
+    from nnkgeo.cli.local import _study_spec
+
+    args = build_parser().parse_args(
+        [
+            "study",
+            "--dataset",
+            "digits",
+            "--widths",
+            "8,32",
+            "--seeds",
+            "0,1,2",
+            "--min-epochs",
+            "5",
+            "--until",
+            "loss",
+            "--target-loss",
+            "0.05",
+            "--no-standardize",
+            "--out",
+            "report.json",
+        ]
+    )
+    spec, _ = _study_spec(args)
+    assert spec.train.seed_values == [0, 1, 2]
+    assert spec.train.min_epochs == 5
+    assert spec.train.until == "loss" and spec.train.target_loss == 0.05
+    assert spec.train.standardize is False
+    defaults, _ = _study_spec(
+        build_parser().parse_args(
+            ["study", "--dataset", "digits", "--widths", "8", "--out", "report.json"]
+        )
+    )
+    assert defaults.train.seed_values == [0]
+    assert defaults.train.standardize is True
+    assert defaults.train.until == "fit" and defaults.train.min_epochs == 0

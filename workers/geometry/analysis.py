@@ -3,32 +3,48 @@
 This is the only module that knows the order of the steps; each step is a pure
 function of its own module. The service's worker task and the local CLI both call
 :func:`analyze`, so a report is the same number for number wherever it was made.
+
+On a CPU the exact solve runs compiled (:mod:`workers.geometry.nnk_kernel`, numba) and
+nothing imports torch; torch is imported only for a CUDA device, for the "authors"
+solver, or when numba is not installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from api_schemas import (
     AnalysisParams,
     GraphStats,
     IntrinsicDimension,
     LabelSmoothness,
+    QuantileStats,
     Report,
     SetReport,
     Timings,
 )
+from api_schemas.out_of_sample import (
+    Baselines,
+    LinearProbe,
+    McNemarTest,
+    NeuralCollapse,
+    OutOfSample,
+    OutOfSampleError,
+    OutOfSampleMcNemar,
+    OutOfSampleQuantiles,
+)
+from api_schemas.params import resolve_knn
 from jobstate.checks import check_embedding_values, check_set_shapes
+from jobstate.errors import InvalidInputError
 from jobstate.memory_budget import MAX_SOLVE_BLOCK, SHARD_ALIGNMENT, plan_solve
+from jobstate.query_checks import check_query_shapes
 from jobstate.version import ALGORITHM_VERSION
 from workers.geometry import metrics
 from workers.geometry.candidates import (
@@ -40,15 +56,20 @@ from workers.geometry.candidates import (
 )
 from workers.geometry.graph import directed_graph, symmetric_graph
 from workers.geometry.intrinsic_dimension import estimate_intrinsic_dimension
-from workers.geometry.kernels import candidate_kernels, kernel_vectors
+from workers.geometry.neural_collapse import nc1
+from workers.geometry.nnk_common import IDENTICAL_TOLERANCE
+from workers.geometry.nnk_solve import solve_rows
+from workers.geometry.out_of_sample import out_of_sample_metrics, solve_queries
 from workers.geometry.report import assemble_report
-from workers.geometry.solver import IDENTICAL_TOLERANCE, nnk_weights
+from workers.geometry.statistics import regime_uncertain, wilson_interval
 
 ProgressCallback = Callable[[str, float], None]
 """Called as ``progress(stage, fraction)``; may raise AnalysisCanceled to stop the run."""
 
 # A GPU wants big batches; its memory holds 32k (k x k) float64 systems with ease.
 _GPU_SOLVE_BLOCK = 32_768
+# A GPU driver's device node: without it torch can see no GPU, and is not imported.
+_NVIDIA_DEVICE = "/dev/nvidiactl"
 # Rough share of a set's run time per stage (exact kNN dominates on a CPU), so that
 # progress fractions advance evenly.
 _STAGE_SHARE = {"knn": (0.0, 0.5), "solve": (0.5, 0.35), "metrics": (0.85, 0.15)}
@@ -63,19 +84,26 @@ __all__ = [
     "analyze",
     "analyze_set",
     "check_set_shapes",
+    "measure_out_of_sample",
     "validate_set",
 ]
 
 
 @dataclass(frozen=True)
 class EmbeddingSet:
-    """One set of embeddings to analyse (a layer, or a model's output)."""
+    """One set of embeddings to analyse (a layer, or a model's output).
+
+    ``query_embeddings`` (and ``query_labels``) are points outside the set, each
+    interpolated from its k nearest points of the set (``sets[].out_of_sample``).
+    """
 
     name: str
     embeddings: np.ndarray
     labels: np.ndarray | None = None
     ids: np.ndarray | None = None
     extra: dict[str, float | int | str | None] = field(default_factory=dict)
+    query_embeddings: np.ndarray | None = None
+    query_labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,8 @@ class NNKGraph:
     knn_s: float
     solve_s: float
     first_row: int = 0
+    # Rows whose K_S is numerically singular (NNK optimum maybe not unique); None: unknown.
+    rank_deficient: np.ndarray | None = None
 
     @classmethod
     def concatenate(cls, shards: Sequence[NNKGraph]) -> NNKGraph:
@@ -116,6 +146,9 @@ class NNKGraph:
             knn_recall_sample=ordered[0].knn_recall_sample,
             knn_s=sum(s.knn_s for s in ordered),
             solve_s=sum(s.solve_s for s in ordered),
+            rank_deficient=None
+            if any(s.rank_deficient is None for s in ordered)
+            else np.concatenate([s.rank_deficient for s in ordered]),
         )
 
 
@@ -145,28 +178,61 @@ def validate_set(embedding_set: EmbeddingSet, *, params: AnalysisParams) -> None
         params=params,
     )
     check_embedding_values(embeddings, name=embedding_set.name, kernel=params.kernel)
+    queries, query_labels = embedding_set.query_embeddings, embedding_set.query_labels
+    if queries is None:
+        if query_labels is not None:
+            raise InvalidInputError(
+                f"sets[{embedding_set.name}].query.labels", "query labels need query embeddings"
+            )
+        return
+    check_query_shapes(
+        name=embedding_set.name,
+        dim=int(embeddings.shape[1]),
+        set_has_labels=labels is not None,
+        embeddings_shape=queries.shape,
+        embeddings_dtype=str(queries.dtype),
+        labels_shape=None if query_labels is None else query_labels.shape,
+        labels_dtype=None if query_labels is None else str(query_labels.dtype),
+    )
+    if query_labels is not None and labels is not None:
+        numeric = {np.asarray(y).dtype.kind in "iub" for y in (labels, query_labels)}
+        if len(numeric) != 1:
+            # A string label is never an integer class: the queries could not be scored.
+            raise InvalidInputError(
+                f"sets[{embedding_set.name}].query.labels",
+                f"query labels ({query_labels.dtype}) and the set's labels ({labels.dtype}) "
+                "must both be integers or both be strings",
+            )
+    try:
+        check_embedding_values(queries, name=embedding_set.name, kernel=params.kernel)
+    except InvalidInputError as error:
+        raise InvalidInputError(
+            f"sets[{embedding_set.name}].query.embeddings", error.message
+        ) from None
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a GPU; torch is imported only when a driver and torch are there."""
+    if not os.path.exists(_NVIDIA_DEVICE) or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def resolve_device(requested: str) -> tuple[str, str | None]:
-    """The device to run on, and a warning when a GPU was asked for but is absent."""
-    has_cuda = torch.cuda.is_available()
+    """The device to run on, and a warning when a GPU was asked for but is absent.
+
+    Deciding ``"auto"`` (or ``"cpu"``) on a machine without a GPU imports no torch.
+    """
+    if requested == "cpu":
+        return "cpu", None
+    has_cuda = _cuda_available()
     if requested == "cuda" and not has_cuda:
         return "cpu", "device 'cuda' was requested but no GPU is present; ran on the CPU"
     if requested == "auto":
         return ("cuda" if has_cuda else "cpu"), None
     return requested, None
-
-
-@contextmanager
-def _single_threaded_torch():
-    # Blocks are solved by one Python thread per core; torch's own intra-op threads
-    # would then oversubscribe the cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def metric_of(params: AnalysisParams) -> Metric:
@@ -235,7 +301,7 @@ def build_nnk_graph(
             budget_bytes=memory_budget_bytes,
             threads=workers,
             rows=last - first,
-            approximate=params.knn == "approximate",
+            approximate=resolve_knn(params.knn, embeddings.shape[0]) == "approximate",
         )
     metric = metric_of(params)
     started = time.perf_counter()
@@ -255,39 +321,19 @@ def build_nnk_graph(
     knn_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    vectors = kernel_vectors(embeddings, kernel=params.kernel, device=device)
-    n_rows, k = candidates.indices.shape
-    weights = np.empty((n_rows, k))
-    query_kernel = np.empty((n_rows, k))
-    reconstruction_error = np.empty(n_rows)
-
-    def solve_block(start: int) -> int:
-        stop = min(start + block, n_rows)
-        gram, rhs = candidate_kernels(
-            vectors,
-            np.arange(first + start, first + stop),
-            candidates.indices[start:stop],
-            kernel=params.kernel,
-            sigma=params.sigma,
-        )
-        allowed = rhs < 1.0 - IDENTICAL_TOLERANCE if params.ignore_identical else None
-        block_weights, block_error = nnk_weights(gram, rhs, solver=params.solver, allowed=allowed)
-        weights[start:stop] = block_weights.cpu().numpy()
-        query_kernel[start:stop] = rhs.cpu().numpy()
-        reconstruction_error[start:stop] = block_error.cpu().numpy()
-        return stop - start
-
     report("solve", 0.0)
-    done = 0
-    with _single_threaded_torch(), ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = [pool.submit(solve_block, start) for start in range(0, n_rows, block)]
-        try:
-            for future in pending:
-                done += future.result()
-                report("solve", done / max(n_rows, 1))
-        finally:
-            for future in pending:
-                future.cancel()
+    rank_deficient = np.zeros(last - first, dtype=bool)
+    weights, query_kernel, reconstruction_error = solve_rows(
+        embeddings,
+        candidates.indices,
+        first=first,
+        params=params,
+        device=device,
+        block=block,
+        workers=workers,
+        progress=lambda fraction: report("solve", fraction),
+        rank_deficient=rank_deficient,
+    )
     valid = (
         query_kernel < 1.0 - IDENTICAL_TOLERANCE
         if params.ignore_identical
@@ -304,6 +350,7 @@ def build_nnk_graph(
         knn_s=knn_s,
         solve_s=time.perf_counter() - started,
         first_row=first,
+        rank_deficient=rank_deficient,
     )
 
 
@@ -314,6 +361,109 @@ def _duplicate_pairs(candidate_indices: np.ndarray, query_kernel: np.ndarray) ->
     other = candidate_indices[rows, columns]
     pairs = np.stack([np.minimum(rows, other), np.maximum(rows, other)], axis=1)
     return int(np.unique(pairs, axis=0).shape[0])
+
+
+def _quantiles(stats: QuantileStats) -> OutOfSampleQuantiles:
+    return OutOfSampleQuantiles(**stats.model_dump())
+
+
+def _field_in_set(error: InvalidInputError, name: str) -> InvalidInputError:
+    """The core's "query.x" / "reference.x" fields, as the set's request names them."""
+    field_name = error.field
+    if field_name.startswith("query."):
+        field_name = f"sets[{name}].{field_name}"
+    elif field_name.startswith("reference."):
+        field_name = f"sets[{name}].{field_name.removeprefix('reference.')}"
+    return InvalidInputError(field_name, error.message)
+
+
+def measure_out_of_sample(
+    embedding_set: EmbeddingSet,
+    *,
+    params: AnalysisParams,
+    device: str = "cpu",
+    n_threads: int | None = None,
+) -> OutOfSample | None:
+    """The set's query points, each solved against its k nearest points of the set.
+
+    Null without queries. With labels on both sides, the four held-out errors and
+    McNemar's exact test of NNK-weighted against NNK-unweighted (DESIGN section 2's
+    rules, :func:`~workers.geometry.out_of_sample.out_of_sample_metrics`); otherwise
+    only the degrees and reconstruction errors.
+    """
+    queries = embedding_set.query_embeddings
+    if queries is None:
+        return None
+    solve = {
+        "k": params.k,
+        "kernel": params.kernel,
+        "sigma": params.sigma,
+        "ignore_identical": params.ignore_identical,
+        "solver": params.solver,
+        "device": device,
+        "n_threads": n_threads,
+    }
+    if embedding_set.labels is None or embedding_set.query_labels is None:
+        graph = solve_queries(embedding_set.embeddings, queries, **solve)
+        return OutOfSample(
+            n=int(queries.shape[0]),
+            nnk_degree=_quantiles(metrics.quantile_stats((graph.weights > 0).sum(axis=1))),
+            reconstruction_error=_quantiles(metrics.quantile_stats(graph.reconstruction_error)),
+        )
+    try:
+        held_out = out_of_sample_metrics(
+            embedding_set.embeddings,
+            embedding_set.labels,
+            queries,
+            embedding_set.query_labels,
+            **solve,
+        )
+    except InvalidInputError as error:
+        raise _field_in_set(error, embedding_set.name) from None
+    test = held_out.mcnemar_weighted_vs_unweighted
+    return OutOfSample(
+        n=held_out.n,
+        error=OutOfSampleError(
+            nnk_weighted=held_out.error.nnk_weighted,
+            nnk_unweighted=held_out.error.nnk_unweighted,
+            knn_weighted=held_out.error.knn_weighted,
+            knn_unweighted=held_out.error.knn_unweighted,
+        ),
+        nnk_degree=_quantiles(held_out.nnk_degree),
+        reconstruction_error=_quantiles(held_out.reconstruction_error),
+        mcnemar=OutOfSampleMcNemar(
+            weighted_vs_unweighted=McNemarTest(b=test.b, c=test.c, p_value=test.p_value)
+        ),
+    )
+
+
+def _baselines(
+    embedding_set: EmbeddingSet, *, params: AnalysisParams, warnings: list[str]
+) -> Baselines | None:
+    if "linear_probe" not in params.baselines:
+        return None
+    if embedding_set.labels is None:
+        warnings.append("the linear_probe baseline needs labels; the set has none")
+        return None
+    # scikit-learn loads only for the opt-in baseline: the default analysis never pays it.
+    from workers.geometry.linear_probe import linear_probe_error
+
+    scored = embedding_set.query_labels is not None
+    try:
+        probe = linear_probe_error(
+            embedding_set.embeddings,
+            embedding_set.labels,
+            query_embeddings=embedding_set.query_embeddings if scored else None,
+            query_labels=embedding_set.query_labels if scored else None,
+            seed=params.seed,
+        )
+    except (InvalidInputError, ValueError) as error:
+        # One class, or a class too small for 5 folds: the baseline is skipped, the
+        # analysis stands.
+        message = error.message if isinstance(error, InvalidInputError) else str(error)
+        warnings.append(f"linear_probe baseline skipped: {message}")
+        return None
+    return Baselines(linear_probe=LinearProbe(error=probe.error, method=probe.method))
 
 
 def analyze_set(
@@ -360,6 +510,8 @@ def analyze_set(
         params=params,
         progress=progress,
         warnings=[device_warning] if device_warning else [],
+        device=device,
+        n_threads=n_threads,
     )
 
 
@@ -370,11 +522,15 @@ def measure_set(
     params: AnalysisParams,
     progress: ProgressCallback | None = None,
     warnings: Sequence[str] = (),
+    device: str | None = None,
+    n_threads: int | None = None,
 ) -> SetAnalysis:
     """Graphs, metrics and the set's report from a finished NNK solve of all its points.
 
     The second half of :func:`analyze_set`; a sharded job calls it once its shards'
-    graphs are joined with :meth:`NNKGraph.concatenate`.
+    graphs are joined with :meth:`NNKGraph.concatenate`, so the set's query points
+    (solved against the whole set here) work the same in both.
+    ``device`` is where the queries are solved (default: ``params.device`` resolved).
     """
     report = progress or (lambda stage, fraction: None)
     set_warnings = list(warnings)
@@ -403,7 +559,7 @@ def measure_set(
     identity = estimate_intrinsic_dimension(embeddings, sample=params.id_sample, seed=params.seed)
     report("metrics", 0.6)
 
-    loo = homogeneity = smoothness = verdict = None
+    loo = homogeneity = smoothness = verdict = uncertain = collapse = None
     per_class: list = []
     suspects: list = []
     n_classes = None
@@ -420,6 +576,21 @@ def measure_set(
             valid=nnk.valid,
         )
         loo = metrics.loo_error(points)
+        n_points = int(points.wrong_nnk_weighted.size)
+        weighted_errors = int(np.count_nonzero(points.wrong_nnk_weighted))
+        unweighted_errors = int(np.count_nonzero(points.wrong_nnk_unweighted))
+        loo = loo.model_copy(
+            update={
+                "nnk_weighted_ci95": list(wilson_interval(weighted_errors, n_points)),
+                "nnk_unweighted_ci95": list(wilson_interval(unweighted_errors, n_points)),
+            }
+        )
+        uncertain = regime_uncertain(
+            weighted_errors, unweighted_errors, n_points, epsilon=metrics.REGIME_EPSILON
+        )
+        if n_classes >= 2:
+            value = nc1(embeddings, embedding_set.labels)
+            collapse = NeuralCollapse(nc1=None if np.isnan(value) else value)
         homogeneity = metrics.homogeneity(points)
         smoothness = LabelSmoothness(
             cross_class_edge_fraction=metrics.cross_class_edge_fraction(symmetric, codes)
@@ -439,6 +610,21 @@ def measure_set(
         set_warnings.append(f"{isolated} points have no NNK neighbour (all kernel values vanish)")
     if nnk.knn_recall is not None and nnk.knn_recall < 0.95:
         set_warnings.append(f"approximate search recall@k is only {nnk.knn_recall:.3f}")
+    nonunique = None if nnk.rank_deficient is None else int(nnk.rank_deficient.sum())
+    if nonunique:
+        set_warnings.append(
+            f"{nonunique} points have a singular candidate kernel matrix (dimension + 1 < k, "
+            "or duplicates): their NNK optimum may not be unique; the solve returns a basic "
+            "one (support no larger than the rank of K_S), so their degrees are a lower bound"
+        )
+    report("metrics", 0.8)
+    out_of_sample = measure_out_of_sample(
+        embedding_set,
+        params=params,
+        device=device if device is not None else resolve_device(params.device)[0],
+        n_threads=n_threads,
+    )
+    baselines = _baselines(embedding_set, params=params, warnings=set_warnings)
 
     set_report = SetReport(
         name=embedding_set.name,
@@ -452,6 +638,7 @@ def measure_set(
             isolated=isolated,
             knn_recall=nnk.knn_recall,
             knn_recall_sample=nnk.knn_recall_sample,
+            nonunique_nodes=nonunique,
         ),
         nnk_degree=metrics.degree_stats(
             degree, codes=degree_codes, classes=degree_classes, shown=shown_classes
@@ -460,10 +647,15 @@ def measure_set(
         homogeneity=homogeneity,
         reconstruction_error=metrics.quantile_stats(nnk.reconstruction_error),
         intrinsic_dimension=IntrinsicDimension(
-            twonn=identity.twonn, mle=identity.mle, mle_k=identity.mle_k, n_used=identity.n_used
+            twonn=identity.twonn,
+            mle=identity.mle,
+            mle_k=identity.mle_k,
+            n_used=identity.n_used,
+            seed=identity.seed,
         ),
         label_smoothness=smoothness,
         regime=verdict,
+        regime_uncertain=uncertain,
         per_class=per_class,
         suspects=suspects,
         timings=Timings(
@@ -471,6 +663,9 @@ def measure_set(
         ),
         warnings=set_warnings,
         extra=dict(embedding_set.extra),
+        out_of_sample=out_of_sample,
+        neural_collapse=collapse,
+        baselines=baselines,
     )
     report("metrics", 1.0)
     return SetAnalysis(report=set_report, directed=directed, symmetric=symmetric)

@@ -3,18 +3,31 @@
 For both kernels these are the k nearest neighbours (by cosine similarity, or by
 Euclidean distance), so the search needs no kernel evaluation. Exact search uses a
 faiss flat index on the CPU, or blocked matrix products with a running top-k in
-torch (the path for a CUDA device); approximate search uses a faiss HNSW index and
-measures its recall@k against exact search on a sample of queries.
+torch (the path for a CUDA device); approximate search uses a faiss IVF-Flat index
+whose nprobe is raised until the recall@k measured against exact search on a sample of
+queries reaches a target (IVF-Flat beat HNSW at that recall, build included:
+docs/BENCHMARKS_KNN.md). ``knn="auto"`` is resolved here, from the number of points
+(:func:`api_schemas.params.resolve_knn`). Only the torch search imports torch.
+
+Exact searches break ties at the k-th value by the smaller index (DESIGN section 1):
+:func:`tie_broken_search` ranks again, in float64, the queries whose k-th and next
+scores tie within float32's error. The in-sample search (the query itself excluded) and
+:func:`query_candidates` (held-out queries against a reference) share it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import faiss
 import numpy as np
-import torch
+
+from api_schemas.params import KnnChoice, resolve_knn
+
+if TYPE_CHECKING:
+    import torch
 
 Metric = Literal["cosine", "euclidean"]
 
@@ -22,6 +35,17 @@ Metric = Literal["cosine", "euclidean"]
 _QUERY_BLOCK = 4_096
 _RECALL_SAMPLE = 1_000
 _RECALL_TARGET = 0.95
+# k-means points per IVF list. faiss advises 39; with nprobe tuned to the measured recall,
+# 16 lost no recall in the benchmark and made training 4x cheaper (docs/BENCHMARKS_KNN.md).
+_TRAIN_POINTS_PER_LIST = 16
+# faiss scores are float32, off by about sqrt(dim) float32 epsilons (relative to the
+# norms): points this many such errors from a query's k-th may be its tie, or beat it, in
+# float64, so they are searched for and re-scored before ranking.
+_FLOAT32_ERRORS = 16.0
+_RANK_BYTES = 32 * 2**20
+# Results asked for beyond the k (and the query itself): a tie at the k-th mostly ends
+# inside them, and is ranked without a second search.
+_TIE_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -35,16 +59,17 @@ class Candidates:
     scores : ndarray of shape (n_points, k), float32
         Cosine similarity (metric ``"cosine"``) or squared Euclidean distance
         (``"euclidean"``) of each candidate.
-    recall : float or None
-        Measured recall@k of an approximate search, None for an exact one.
-    recall_sample : int or None
-        Number of queries the recall was measured on.
+    recall : float
+        Measured recall@k of an approximate search; 1.0 for an exact one.
+    recall_sample : int
+        Number of queries the recall was measured on; 0 for an exact search, whose
+        recall is 1 by construction and is not sampled.
     """
 
     indices: np.ndarray
     scores: np.ndarray
-    recall: float | None = None
-    recall_sample: int | None = None
+    recall: float = 1.0
+    recall_sample: int = 0
 
 
 def prepare_vectors(embeddings: np.ndarray, *, metric: Metric) -> np.ndarray:
@@ -67,6 +92,187 @@ def _drop_self(
     return indices[keep].reshape(-1, k), scores[keep].reshape(-1, k)
 
 
+def _ranked(
+    reference: np.ndarray,
+    queries: np.ndarray,
+    window: np.ndarray,
+    k: int,
+    *,
+    metric: Metric,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first k of each query's ``window`` rows by float64 score, then by smaller row.
+
+    ``exclude[i]`` (a row, or -1) is left out of query i's ranking (the query itself, in
+    sample). Returns the rows and their scores (cosine similarity, or squared Euclidean
+    distance) rounded to float32.
+    """
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    out_scores = np.empty((queries.shape[0], k), dtype=np.float32)
+    # Chunks keep the float64 gather of (queries x window x dim) near _RANK_BYTES.
+    chunk = max(1, _RANK_BYTES // (8 * window.shape[1] * reference.shape[1]))
+    for start in range(0, queries.shape[0], chunk):
+        rows = window[start : start + chunk]
+        neighbours = reference[rows].astype(np.float64)
+        centre = queries[start : start + chunk, None, :].astype(np.float64)
+        if metric == "cosine":
+            # Normalised in float64, as the kernels do: float32 unit rows would reorder
+            # near ties by their rounding.
+            neighbours /= np.linalg.norm(neighbours, axis=2, keepdims=True)
+            centre /= np.linalg.norm(centre, axis=2, keepdims=True)
+            distance = -(neighbours * centre).sum(axis=2)
+        else:
+            distance = ((neighbours - centre) ** 2).sum(axis=2)
+        if exclude is not None:
+            distance[rows == exclude[start : start + chunk, None]] = np.inf
+        order = np.lexsort((rows, distance), axis=-1)[:, :k]
+        out[start : start + chunk] = np.take_along_axis(rows, order, axis=1)
+        kept = np.take_along_axis(distance, order, axis=1)
+        out_scores[start : start + chunk] = -kept if metric == "cosine" else kept
+    return out, out_scores
+
+
+def _error_scale(query_vectors: np.ndarray, metric: Metric) -> np.ndarray:
+    """float32 errors of a query's scores, in units of the tolerance (see tie_broken_search)."""
+    if metric == "cosine":
+        return np.ones(query_vectors.shape[0])
+    # |x|^2 + |q|^2 - 2 x.q in float32: its error scales with the norms.
+    return 1.0 + 2.0 * np.einsum("ij,ij->i", query_vectors, query_vectors, dtype=np.float64)
+
+
+def _tied_at_kth(
+    scores: np.ndarray,
+    window: np.ndarray,
+    exclude: np.ndarray | None,
+    k: int,
+    *,
+    metric: Metric,
+    tolerance: float,
+    error_scale: np.ndarray,
+) -> np.ndarray:
+    """Per query: whether the next, and the window's last, score is within float32's
+    error of the k-th: (next tied, last tied).
+
+    ``scores`` are sorted best first; ``exclude`` (a row per query, or None) is not
+    counted; ``error_scale`` is :func:`_error_scale` of each query.
+    """
+    distance = -scores if metric == "cosine" else scores
+    counted = np.broadcast_to(np.arange(1, window.shape[1] + 1), window.shape)
+    if exclude is not None:
+        # Count the results that are not the query itself.
+        counted = np.cumsum(window != exclude[:, None], axis=1)
+    kth = np.argmax(counted >= k, axis=1)
+    after = np.argmax(counted >= k + 1, axis=1)
+    kth_distance = np.take_along_axis(distance, kth[:, None], axis=1)[:, 0]
+    after_distance = np.take_along_axis(distance, after[:, None], axis=1)[:, 0]
+    margin = tolerance * (error_scale + 2.0 * np.abs(kth_distance))
+    next_tied = (counted[:, -1] > k) & (after_distance - kth_distance <= margin)
+    return next_tied, distance[:, -1] - kth_distance <= margin
+
+
+def tie_broken_search(
+    index: faiss.Index,
+    reference: np.ndarray,
+    queries: np.ndarray,
+    query_vectors: np.ndarray,
+    k: int,
+    *,
+    metric: Metric,
+    self_rows: np.ndarray | None = None,
+    rank_all: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of a flat index, ties at the k-th value broken by smaller row.
+
+    Parameters
+    ----------
+    index : faiss.Index
+        A flat index of the prepared reference rows.
+    reference : ndarray of shape (n_reference, dim), float32
+        The reference rows as the kernels read them (re-scored in float64).
+    queries : ndarray of shape (n_queries, dim), float32
+        The queries as the kernels read them.
+    query_vectors : ndarray of shape (n_queries, dim), float32
+        The queries prepared for the index (:func:`prepare_vectors`).
+    k : int
+        Rows per query, at most the reference rows (less one in sample).
+    metric : {"cosine", "euclidean"}
+    self_rows : ndarray of shape (n_queries,), int64, optional
+        In sample: the row of each query, never its own candidate.
+    rank_all : bool, optional
+        Rank every query's rows in float64; by default only the queries whose k-th and
+        (k+1)-th scores tie within float32's error keep faiss's order no longer.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_queries, k), int64
+        Nearest first.
+    scores : ndarray of shape (n_queries, k), float32
+        Cosine similarity or squared Euclidean distance.
+
+    Notes
+    -----
+    faiss ranks in float32, and the order of its ties is not specified. The search asks
+    for 8 more results than k. Wherever the (k+1)-th result is within float32's error
+    (16 sqrt(dim) epsilons, relative to the squared norms under the Euclidean metric) of
+    the k-th, the rows found are ranked by their float64 score from the float32 rows,
+    then by the smaller row (DESIGN section 1); where the last one is, the search first
+    widens (doubling) until it is not.
+    """
+    n_reference, dim = reference.shape
+    n_queries = query_vectors.shape[0]
+    extra = 1 if self_rows is None else 2
+    tolerance = _FLOAT32_ERRORS * np.sqrt(dim) * float(np.finfo(np.float32).eps)
+    error_scale = _error_scale(query_vectors, metric)
+    indices = np.empty((n_queries, k), dtype=np.int64)
+    scores = np.empty((n_queries, k), dtype=np.float32)
+    first_width = min(k + extra + _TIE_SLACK, n_reference)
+    width = first_width
+    pending = np.arange(n_queries)
+    while pending.size:
+        found_scores, window = index.search(query_vectors[pending], width)
+        exclude = None if self_rows is None else self_rows[pending]
+        next_tied, last_tied = _tied_at_kth(
+            found_scores,
+            window,
+            exclude,
+            k,
+            metric=metric,
+            tolerance=tolerance,
+            error_scale=error_scale[pending],
+        )
+        # Open: the window may end inside the k-th value's (near) ties; widen it.
+        open_window = last_tied & (width < n_reference)
+        closed = ~open_window
+        rank = closed & (next_tied | (width > first_width) | rank_all)
+        if rank.any():
+            indices[pending[rank]], scores[pending[rank]] = _ranked(
+                reference,
+                queries[pending[rank]],
+                window[rank],
+                k,
+                metric=metric,
+                exclude=None if exclude is None else exclude[rank],
+            )
+        keep = closed & ~rank
+        if keep.any():
+            # No tie at the k-th: faiss's first k (its own order within them) stand.
+            rows = np.flatnonzero(keep)
+            indices[pending[rows]], scores[pending[rows]] = _drop_self_or_last(
+                window[rows], found_scores[rows], exclude[rows] if exclude is not None else None, k
+            )
+        pending = pending[open_window]
+        width = min(2 * width, n_reference)
+    return indices, scores
+
+
+def _drop_self_or_last(
+    window: np.ndarray, scores: np.ndarray, exclude: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    if exclude is None:
+        return window[:, :k], scores[:, :k]
+    return _drop_self(window[:, : k + 1], scores[:, : k + 1], exclude, k)
+
+
 def _faiss_search(
     index: faiss.Index,
     vectors: np.ndarray,
@@ -75,18 +281,34 @@ def _faiss_search(
     rows: tuple[int, int],
     query_block: int,
     progress=None,
+    metric: Metric | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Search rows ``rows`` against the index; with ``metric``, exactly and tie-broken."""
     first, last = rows
     indices = np.empty((last - first, k), dtype=np.int64)
     scores = np.empty((last - first, k), dtype=np.float32)
     # A shard whose rows start at a multiple of query_block runs the same BLAS shapes
-    # as the whole set, and so finds bit-identical neighbours.
+    # as the whole set, and so finds bit-identical neighbours (a widened search ranks
+    # each query on its own, in float64).
     for start in range(first, last, query_block):
         stop = min(start + query_block, last)
-        block_scores, block_indices = index.search(vectors[start:stop], k + 1)
-        indices[start - first : stop - first], scores[start - first : stop - first] = _drop_self(
-            block_indices, block_scores, np.arange(start, stop), k
-        )
+        if metric is not None:
+            block_indices, block_scores = tie_broken_search(
+                index,
+                vectors,
+                vectors[start:stop],
+                vectors[start:stop],
+                k,
+                metric=metric,
+                self_rows=np.arange(start, stop),
+            )
+        else:
+            found_scores, found_indices = index.search(vectors[start:stop], k + 1)
+            block_indices, block_scores = _drop_self(
+                found_indices, found_scores, np.arange(start, stop), k
+            )
+        indices[start - first : stop - first] = block_indices
+        scores[start - first : stop - first] = block_scores
         if progress is not None:
             progress((stop - first) / (last - first))
     return indices, scores
@@ -122,6 +344,7 @@ def exact_candidates(
         rows=rows or (0, vectors.shape[0]),
         query_block=query_block,
         progress=progress,
+        metric=metric,
     )
     return Candidates(indices=indices, scores=scores)
 
@@ -135,24 +358,114 @@ def neighbours_of(
     return _drop_self(indices, scores, query_rows, k)[0]
 
 
+def query_candidates(
+    reference: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    metric: Metric,
+    query_block: int = _QUERY_BLOCK,
+) -> np.ndarray:
+    """Exact k nearest reference points of each query; ties go to the smaller row.
+
+    Parameters
+    ----------
+    reference : ndarray of shape (n_reference, dim)
+        The reference embeddings, as given (read in float32).
+    queries : ndarray of shape (n_queries, dim)
+        The query embeddings, as given.
+    k : int
+        Candidates per query, ``1 <= k <= n_reference``.
+    metric : {"cosine", "euclidean"}
+    query_block : int, optional
+        Queries searched at a time.
+
+    Returns
+    -------
+    ndarray of shape (n_queries, k), int64
+        Reference rows, nearest first. No row is excluded: a reference point identical to
+        a query is its nearest candidate.
+
+    Notes
+    -----
+    :func:`tie_broken_search` with every query ranked in float64 from the float32
+    embeddings (the values the kernels use), then by row.
+    """
+    reference32 = np.ascontiguousarray(reference, dtype=np.float32)
+    queries32 = np.ascontiguousarray(queries, dtype=np.float32)
+    index = _flat_index(prepare_vectors(reference32, metric=metric), metric)
+    query_vectors = prepare_vectors(queries32, metric=metric)
+    candidates = np.empty((query_vectors.shape[0], k), dtype=np.int64)
+    for start in range(0, query_vectors.shape[0], query_block):
+        stop = start + query_block
+        candidates[start:stop], _ = tie_broken_search(
+            index,
+            reference32,
+            queries32[start:stop],
+            query_vectors[start:stop],
+            k,
+            metric=metric,
+            rank_all=True,
+        )
+    return candidates
+
+
 def _recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     hits = sum(np.intersect1d(a, e).size for a, e in zip(approx, exact, strict=True))
     return hits / exact.size
 
 
+def ivf_list_count(n_points: int) -> int:
+    """IVF lists for ``n_points`` points: ``4 sqrt(N)``, fewer for small sets.
+
+    Small sets get at most ``N / 16`` lists, so that every list has points to train on.
+    """
+    return max(1, min(round(4 * np.sqrt(n_points)), n_points // _TRAIN_POINTS_PER_LIST))
+
+
 @dataclass(frozen=True)
 class ApproximateIndex:
-    """A faiss HNSW index tuned to a recall target, serialisable for other processes."""
+    """A faiss IVF-Flat index tuned to a recall target, serialisable for other processes.
+
+    Attributes
+    ----------
+    index_bytes : bytes
+        ``faiss.serialize_index`` of the trained, filled index.
+    nprobe : int
+        Lists searched per query: the smallest that met the recall target.
+    recall : float
+        Recall@k measured with ``nprobe`` on ``recall_sample`` queries.
+    recall_sample : int
+        Number of sampled queries.
+    """
 
     index_bytes: bytes
-    ef_search: int
+    nprobe: int
     recall: float
     recall_sample: int
 
     def load(self) -> faiss.Index:
         index = faiss.deserialize_index(np.frombuffer(self.index_bytes, dtype=np.uint8))
-        index.hnsw.efSearch = self.ef_search
+        index.nprobe = self.nprobe
         return index
+
+
+def _smallest_nprobe(
+    recall_at: Callable[[int], float], *, n_lists: int, recall_target: float
+) -> int:
+    # Recall cannot fall as nprobe grows (the probed lists only grow), so doubling and
+    # then bisecting finds the smallest nprobe that meets the target in O(log n_lists)
+    # measurements. nprobe = n_lists is exact search: the search always ends there.
+    missed, met = 0, 1
+    while recall_at(met) < recall_target and met < n_lists:
+        missed, met = met, min(2 * met, n_lists)
+    while met - missed > 1:
+        middle = (missed + met) // 2
+        if recall_at(middle) >= recall_target:
+            met = middle
+        else:
+            missed = middle
+    return met
 
 
 def build_approximate_index(
@@ -163,35 +476,76 @@ def build_approximate_index(
     seed: int = 0,
     recall_target: float = _RECALL_TARGET,
 ) -> ApproximateIndex:
-    """Build a faiss HNSW index and tune its search breadth to a measured recall@k.
+    """Build a faiss IVF-Flat index and tune its nprobe to a measured recall@k.
 
-    ``efSearch`` starts at ``max(2k, 64)`` and doubles until the recall@k measured on a
-    sample of queries (against exact search of those queries) reaches
-    ``recall_target``, so the reported recall is what the graph is built with.
+    Parameters
+    ----------
+    vectors : ndarray of shape (n_points, dim), float32
+        From :func:`prepare_vectors`.
+    k : int
+        Neighbours per point (the query itself excluded).
+    metric : {"cosine", "euclidean"}
+    seed : int, optional
+        Seeds the recall sample and the k-means training subsample.
+    recall_target : float, optional
+        The recall@k that nprobe must reach.
+
+    Returns
+    -------
+    ApproximateIndex
+        With the smallest nprobe whose recall@k, measured on a seeded sample of
+        ``min(1000, N)`` queries against exact search of those queries, reaches
+        ``recall_target``, and that recall: the one the graph is built with.
+
+    Notes
+    -----
+    The index has :func:`ivf_list_count` lists (``4 sqrt(N)``), whose k-means centroids
+    are trained on a seeded subsample of 16 points per list. Searching every list is
+    exact, so the target is always met, at worst at the cost of a flat search.
     """
-    n_points, dim = vectors.shape
-    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-    index = faiss.IndexHNSWFlat(dim, 32, faiss_metric)
-    index.hnsw.efConstruction = 80
-    index.add(vectors)
-
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n_points, size=min(_RECALL_SAMPLE, n_points), replace=False))
-    exact_sample = neighbours_of(vectors, sample, k, metric=metric)
-    ef_search = max(2 * k, 64)
-    while True:
-        index.hnsw.efSearch = ef_search
-        approx_sample, _ = _drop_self(*index.search(vectors[sample], k + 1)[::-1], sample, k)
-        recall = _recall_at_k(approx_sample, exact_sample)
-        if recall >= recall_target or ef_search >= 4096:
-            break
-        ef_search *= 2
+    index, recall, recall_sample = _tuned_ivf_index(
+        vectors, k, metric=metric, seed=seed, recall_target=recall_target
+    )
     return ApproximateIndex(
         index_bytes=faiss.serialize_index(index).tobytes(),
-        ef_search=ef_search,
+        nprobe=index.nprobe,
         recall=recall,
-        recall_sample=int(sample.size),
+        recall_sample=recall_sample,
     )
+
+
+def _tuned_ivf_index(
+    vectors: np.ndarray, k: int, *, metric: Metric, seed: int, recall_target: float
+) -> tuple[faiss.IndexIVFFlat, float, int]:
+    n_points, dim = vectors.shape
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    n_lists = ivf_list_count(n_points)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n_points, size=min(_RECALL_SAMPLE, n_points), replace=False))
+    train_rows = np.sort(
+        rng.choice(n_points, size=min(n_points, _TRAIN_POINTS_PER_LIST * n_lists), replace=False)
+    )
+    # Before the IVF index exists: the flat index of this search copies the vectors too.
+    exact_sample = neighbours_of(vectors, sample, k, metric=metric)
+    quantizer = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss_metric)
+    # Silences faiss's advice of 39 training points per list (see _TRAIN_POINTS_PER_LIST).
+    index.cp.min_points_per_centroid = 1
+    index.train(vectors[train_rows])
+    index.add(vectors)
+
+    recalls: dict[int, float] = {}
+
+    def recall_at(nprobe: int) -> float:
+        if nprobe not in recalls:
+            index.nprobe = nprobe
+            approx_sample, _ = _drop_self(*index.search(vectors[sample], k + 1)[::-1], sample, k)
+            recalls[nprobe] = _recall_at_k(approx_sample, exact_sample)
+        return recalls[nprobe]
+
+    nprobe = _smallest_nprobe(recall_at, n_lists=n_lists, recall_target=recall_target)
+    index.nprobe = nprobe
+    return index, recalls[nprobe], int(sample.size)
 
 
 def approximate_candidates(
@@ -205,19 +559,27 @@ def approximate_candidates(
     query_block: int = _QUERY_BLOCK,
     progress=None,
 ) -> Candidates:
-    """Approximate k nearest neighbours from an HNSW index (built here unless given)."""
-    index = index or build_approximate_index(vectors, k, metric=metric, seed=seed)
+    """Approximate k nearest neighbours from an IVF-Flat index (built here unless given).
+
+    ``index`` is one built by :func:`build_approximate_index` (shared by the shards of a
+    job); without it the index is built and tuned here, and searched without a
+    serialised copy.
+    """
+    if index is None:
+        faiss_index, recall, recall_sample = _tuned_ivf_index(
+            vectors, k, metric=metric, seed=seed, recall_target=_RECALL_TARGET
+        )
+    else:
+        faiss_index, recall, recall_sample = index.load(), index.recall, index.recall_sample
     indices, scores = _faiss_search(
-        index.load(),
+        faiss_index,
         vectors,
         k,
         rows=rows or (0, vectors.shape[0]),
         query_block=query_block,
         progress=progress,
     )
-    return Candidates(
-        indices=indices, scores=scores, recall=index.recall, recall_sample=index.recall_sample
-    )
+    return Candidates(indices=indices, scores=scores, recall=recall, recall_sample=recall_sample)
 
 
 def torch_candidates(
@@ -235,13 +597,20 @@ def torch_candidates(
 
     Full-row ``torch.topk`` over N columns is far too slow (and too big) at a
     million points; each (query block x column block) tile is reduced to its own
-    top-(k+1) and merged into the running best, so memory is O(block^2) and the
-    selection works on short rows.
+    top-(k+2) and merged into the running best, so memory is O(block^2) and the
+    selection works on short rows. torch is imported here: the CPU path never comes here.
+    A query whose k-th and next scores tie within float32's error is searched again by
+    :func:`tie_broken_search`, so that ties go to the smaller index.
     """
+    import torch
+
     data = torch.as_tensor(vectors, dtype=torch.float32).to(device)
-    n_points = data.shape[0]
+    n_points, dim = data.shape
     squared_norms = (data * data).sum(dim=1) if metric == "euclidean" else None
-    keep = k + 1
+    # k + 1 beside the query itself, to see whether the k-th ties with the next.
+    keep = min(k + 2, n_points)
+    tolerance = _FLOAT32_ERRORS * np.sqrt(dim) * float(np.finfo(np.float32).eps)
+    tie_search: list = []
     first, last = rows or (0, n_points)
     indices = np.empty((last - first, k), dtype=np.int64)
     scores = np.empty((last - first, k), dtype=np.float32)
@@ -264,9 +633,38 @@ def torch_candidates(
         if squared_norms is not None:
             query_norms = squared_norms[q_start:q_stop, None]
             best_scores = torch.clamp(query_norms - best_scores, min=0.0)
+        found_indices, found_scores = best_indices.cpu().numpy(), best_scores.cpu().numpy()
+        self_rows = np.arange(q_start, q_stop)
         block_indices, block_scores = _drop_self(
-            best_indices.cpu().numpy(), best_scores.cpu().numpy(), np.arange(q_start, q_stop), k
+            found_indices[:, : k + 1], found_scores[:, : k + 1], self_rows, k
         )
+        next_tied, _ = _tied_at_kth(
+            found_scores,
+            found_indices,
+            self_rows,
+            k,
+            metric=metric,
+            tolerance=tolerance,
+            error_scale=_error_scale(queries.cpu().numpy(), metric),
+        )
+        tied = np.flatnonzero(next_tied)
+        if tied.size:
+            # Rare: the k-th ties with the next within float32's error. Those queries
+            # take the widening, float64-ranked search of a faiss flat index (on the CPU,
+            # built once) so that ties go to the smaller index as on the faiss path.
+            if not tie_search:
+                host = np.ascontiguousarray(data.cpu().numpy())
+                tie_search.extend([_flat_index(host, metric), host])
+            flat, host = tie_search
+            block_indices[tied], block_scores[tied] = tie_broken_search(
+                flat,
+                host,
+                host[q_start + tied],
+                host[q_start + tied],
+                k,
+                metric=metric,
+                self_rows=self_rows[tied],
+            )
         indices[q_start - first : q_stop - first] = block_indices
         scores[q_start - first : q_stop - first] = block_scores
         if progress is not None:
@@ -279,7 +677,7 @@ def find_candidates(
     k: int,
     *,
     metric: Metric,
-    method: Literal["exact", "approximate"] = "exact",
+    method: KnnChoice = "auto",
     backend: Literal["faiss", "torch"] = "faiss",
     device: str = "cpu",
     seed: int = 0,
@@ -289,10 +687,12 @@ def find_candidates(
 ) -> Candidates:
     """Dispatch to the exact, approximate or torch search; ``vectors`` from prepare_vectors.
 
+    ``method="auto"`` is exact below :data:`~api_schemas.params.APPROXIMATE_KNN_FROM`
+    points (all of them, not the shard's rows) and approximate from there.
     ``rows = (start, stop)`` limits the queries to those rows (searched against all
     points); ``index`` is a prebuilt approximate index, shared by the shards of a job.
     """
-    if method == "approximate":
+    if resolve_knn(method, vectors.shape[0]) == "approximate":
         return approximate_candidates(
             vectors, k, metric=metric, seed=seed, index=index, rows=rows, progress=progress
         )

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from jobstate.memory_budget import DISTANCE_BLOCK_BYTES
-from workers.geometry.candidates import neighbours_of
 
 MLE_NEIGHBOURS = 20
 
@@ -28,6 +28,7 @@ class IntrinsicDimensionEstimate:
     mle: float | None
     mle_k: int
     n_used: int
+    seed: int
 
 
 def twonn_from_distances(nearest: np.ndarray) -> float | None:
@@ -49,6 +50,21 @@ def mle_from_distances(nearest: np.ndarray, k: int = MLE_NEIGHBOURS) -> float | 
     inverse = np.log(distances[:, -1:] / distances[:, :-1]).sum(axis=1) / (k - 1)
     mean_inverse = inverse.mean()
     return float(1.0 / mean_inverse) if mean_inverse > 0 else None
+
+
+def _sample_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact Euclidean k nearest neighbours of the query rows among all rows, never the
+    row itself (among duplicates it may sit anywhere, or be crowded out: then the
+    (k+1)-th is dropped).
+
+    ``faiss.knn`` searches the vectors where they lie, with the brute-force kernel of a
+    flat index: an index would first copy all N x d of them (512 MiB at 1M x 128) for a
+    sample of 2,000 queries.
+    """
+    _, found = faiss.knn(vectors[queries], vectors, k + 1, metric=faiss.METRIC_L2)
+    is_self = found == queries[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    return found[~is_self].reshape(-1, k)
 
 
 def _exact_distances(
@@ -85,7 +101,9 @@ def estimate_intrinsic_dimension(
     sample : int
         Largest number of query points; all points are used when there are fewer.
     seed : int
-        Seed of the query sample.
+        Seed of the query sample: ``np.sort(default_rng(seed).choice(n_points, sample,
+        replace=False))`` when ``sample < n_points``. It is returned with the estimate
+        (and so reported), so that the sample can be drawn again.
     k : int
         Neighbours of the MLE (reduced to n_points - 1 on tiny sets).
     """
@@ -96,7 +114,7 @@ def estimate_intrinsic_dimension(
         queries = np.arange(n_points)
     else:
         queries = np.sort(np.random.default_rng(seed).choice(n_points, sample, replace=False))
-    neighbours = neighbours_of(vectors, queries, k, metric="euclidean")
+    neighbours = _sample_neighbours(vectors, queries, k)
     distances = _exact_distances(vectors, queries, neighbours)
     distances.sort(axis=1)
     return IntrinsicDimensionEstimate(
@@ -104,4 +122,5 @@ def estimate_intrinsic_dimension(
         mle=mle_from_distances(distances, k) if k >= 2 else None,
         mle_k=k,
         n_used=int(queries.size),
+        seed=seed,
     )

@@ -26,6 +26,12 @@ from jobstate.memory_budget import plan_metrics_block
 REGIME_EPSILON = 0.01
 # Classes a set's report lists one by one (per_class, nnk_degree.per_class).
 MAX_REPORTED_CLASSES = 1000
+# point_metrics predicts from each row's candidates (predicted_classes) rather than from
+# dense class scores above this many classes per candidate; both give the same classes.
+_SPARSE_CLASSES_PER_CANDIDATE = 20
+# Edges of the symmetric graph compared per block in cross_class_edge_fraction (about
+# 1M edges: 9 MiB of gathered labels).
+_EDGE_BLOCK = 1 << 20
 
 
 def encode_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,27 +53,83 @@ def class_scores(
     return totals.reshape(n_points, n_classes)
 
 
+def predicted_classes(
+    candidate_indices: np.ndarray, weights: np.ndarray, codes: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """``class_scores(...).argmax(axis=1)``, from each row's k candidates alone.
+
+    Parameters
+    ----------
+    candidate_indices : ndarray of shape (n_rows, k)
+    weights : ndarray of shape (n_rows, k)
+    codes : ndarray of shape (n_points,)
+        Every point's class index; the candidates index into it.
+    n_classes : int
+
+    Returns
+    -------
+    predicted : ndarray of shape (n_rows,), int64
+        The class with the largest summed weight; ties go to the smallest class index.
+
+    Notes
+    -----
+    A row's candidates name at most k classes, so the scores are summed per class present
+    (a stable sort by class, then one pass over the k columns, adding in candidate order
+    as ``np.bincount`` does: the same floats), and the classes absent from the row, whose
+    score is 0, are considered only when no present class scores above 0. Time and memory
+    are O(n_rows x k) instead of O(n_rows x n_classes), for the same result.
+    """
+    n_rows, k = candidate_indices.shape
+    if n_rows == 0:
+        return np.empty(0, dtype=np.int64)
+    row_codes = codes[candidate_indices]
+    order = np.argsort(row_codes, axis=1, kind="stable")
+    sorted_codes = np.take_along_axis(row_codes, order, axis=1)
+    # Column-major, so that the pass over the k columns reads contiguous rows.
+    sorted_weights = np.take_along_axis(np.asarray(weights), order, axis=1).T.copy()
+    starts = np.ones((n_rows, k), dtype=bool)
+    np.not_equal(sorted_codes[:, 1:], sorted_codes[:, :-1], out=starts[:, 1:])
+    ends = np.ones((n_rows, k), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    starts_by_column = starts.T.copy()
+    # Running sum of each class's weights, restarted at each class: 0.0 + w_1 + w_2 ...,
+    # in candidate order (the sort is stable), the additions np.bincount makes.
+    running = np.zeros((k, n_rows))
+    total = np.zeros(n_rows)
+    for column in range(k):
+        total[starts_by_column[column]] = 0.0
+        total += sorted_weights[column]
+        running[column] = total
+    # A class's score sits at its last candidate; classes are in order along the row, so
+    # the first maximum is the smallest class among ties.
+    scores = np.where(ends, running.T, -np.inf)
+    best_position = scores.argmax(axis=1)
+    rows = np.arange(n_rows)
+    best = scores[rows, best_position]
+    predicted = sorted_codes[rows, best_position]
+    # Absent classes score 0. The smallest is the number of leading classes 0, 1, 2, ...
+    # present: those whose code equals their rank in the row.
+    rank = np.cumsum(starts, axis=1) - 1
+    n_present = rank[:, -1] + 1
+    absent = n_present < n_classes
+    smallest_absent = (starts & (sorted_codes == rank)).sum(axis=1)
+    below = absent & (best < 0)
+    predicted[below] = smallest_absent[below]
+    level = absent & (best == 0)
+    predicted[level] = np.minimum(predicted[level], smallest_absent[level])
+    return predicted
+
+
 def _scored(
     candidate_indices: np.ndarray, weights: np.ndarray, codes: np.ndarray, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per point: the predicted class, the score of its own class, and the total score.
+    """For one block of rows: the predicted class, the class scores and their row totals.
 
-    The (points x classes) scores are made a block of rows at a time
-    (:func:`~jobstate.memory_budget.plan_metrics_block`): 12,000 classes would otherwise
-    take N x 12,000 x 8 bytes. Each row's sums are the same as from the whole matrix.
+    ``codes`` holds every point's class (candidates index into it). Argmax ties go to
+    the smallest class index, as DESIGN section 2 asks.
     """
-    n_points = candidate_indices.shape[0]
-    predicted = np.empty(n_points, dtype=np.int64)
-    own_score = np.empty(n_points)
-    total = np.empty(n_points)
-    block = plan_metrics_block(n_classes)
-    for start in range(0, n_points, block):
-        stop = min(start + block, n_points)
-        scores = class_scores(candidate_indices[start:stop], weights[start:stop], codes, n_classes)
-        predicted[start:stop] = scores.argmax(axis=1)
-        own_score[start:stop] = scores[np.arange(stop - start), codes[start:stop]]
-        total[start:stop] = scores.sum(axis=1)
-    return predicted, own_score, total
+    scores = class_scores(candidate_indices, weights, codes, n_classes)
+    return scores.argmax(axis=1), scores, scores.sum(axis=1)
 
 
 @dataclass(frozen=True)
@@ -111,33 +173,78 @@ def point_metrics(
     n_classes : int
     valid : bool ndarray of shape (n_points, k), optional
         Candidates that count (``ignore_identical`` removes some); default all.
+
+    Notes
+    -----
+    Everything is computed a block of rows at a time
+    (:func:`~jobstate.memory_budget.plan_metrics_block`), every (rows x k) mask and
+    weight array included, so that memory beyond the per-point results is one block's,
+    whatever N and the number of classes. Each row's values are the same as from whole
+    matrices: a row's sums never mix other rows. Only ``nnk_weighted`` makes dense
+    (rows x classes) scores: its soft error divides by their row total, summed as numpy
+    sums a dense row. The three other rules need only an argmax, which
+    :func:`predicted_classes` finds in O(k log k) per row when classes are many.
     """
-    valid = np.ones(candidate_indices.shape, dtype=bool) if valid is None else valid
-    neighbour = weights > 0
-    degree = neighbour.sum(axis=1)
-    same = codes[candidate_indices] == codes[:, None]
+    n_points = candidate_indices.shape[0]
+    degree = np.empty(n_points, dtype=np.int64)
+    predicted = np.empty(n_points, dtype=np.int64)
+    wrong = {rule: np.empty(n_points, dtype=bool) for rule in ("nnk_u", "knn_w", "knn_u")}
+    own_share = np.zeros(n_points)
+    nnk_same_share = np.zeros(n_points)
+    knn_same_share = np.zeros(n_points)
+    pure = np.empty(n_points, dtype=bool)
+    n_candidates = candidate_indices.shape[1]
+    block = plan_metrics_block(n_classes, candidates=n_candidates)
+    # Dense scores cost O(classes) per row, the per-row sort O(k log k) and more numpy
+    # calls: the sort wins above about 20 classes per candidate (measured at k = 30).
+    sparse = n_classes > _SPARSE_CLASSES_PER_CANDIDATE * n_candidates
+    for start in range(0, n_points, block):
+        rows = slice(start, min(start + block, n_points))
+        block_indices, block_weights = candidate_indices[rows], weights[rows]
+        block_valid = np.ones(block_indices.shape, dtype=bool) if valid is None else valid[rows]
+        own = codes[rows]
+        neighbour = block_weights > 0
+        block_degree = neighbour.sum(axis=1)
+        same = codes[block_indices] == own[:, None]
 
-    def predict(candidate_weights: np.ndarray) -> np.ndarray:
-        return _scored(candidate_indices, candidate_weights, codes, n_classes)[0]
+        block_predicted, scores, total = _scored(block_indices, block_weights, codes, n_classes)
+        own_score = scores[np.arange(own.size), own]
+        del scores
+        np.divide(own_score, total, out=own_share[rows], where=total > 0)
 
-    predicted, own_score, total = _scored(candidate_indices, weights, codes, n_classes)
-    own_share = np.divide(own_score, total, out=np.zeros(codes.size), where=total > 0)
-    n_valid = valid.sum(axis=1)
-    nnk_same = (same & neighbour).sum(axis=1)
+        for rule, rule_weights in (
+            ("nnk_u", neighbour.astype(np.float64)),
+            ("knn_w", np.where(block_valid, query_kernel[rows], 0.0)),
+            ("knn_u", block_valid.astype(np.float64)),
+        ):
+            guess = (
+                predicted_classes(block_indices, rule_weights, codes, n_classes)
+                if sparse
+                else class_scores(block_indices, rule_weights, codes, n_classes).argmax(axis=1)
+            )
+            np.not_equal(guess, own, out=wrong[rule][rows])
+
+        n_valid = block_valid.sum(axis=1)
+        nnk_same = (same & neighbour).sum(axis=1)
+        np.divide(nnk_same, block_degree, out=nnk_same_share[rows], where=block_degree > 0)
+        np.divide(
+            (same & block_valid).sum(axis=1), n_valid, out=knn_same_share[rows], where=n_valid > 0
+        )
+        pure[rows] = (block_degree > 0) & (nnk_same == block_degree)
+        degree[rows] = block_degree
+        predicted[rows] = block_predicted
     return PointMetrics(
         codes=codes,
         degree=degree,
         predicted=predicted,
         wrong_nnk_weighted=predicted != codes,
-        wrong_nnk_unweighted=predict(neighbour.astype(np.float64)) != codes,
-        wrong_knn_weighted=predict(np.where(valid, query_kernel, 0.0)) != codes,
-        wrong_knn_unweighted=predict(valid.astype(np.float64)) != codes,
+        wrong_nnk_unweighted=wrong["nnk_u"],
+        wrong_knn_weighted=wrong["knn_w"],
+        wrong_knn_unweighted=wrong["knn_u"],
         soft_error=1.0 - own_share,
-        nnk_same_share=np.divide(nnk_same, degree, out=np.zeros(codes.size), where=degree > 0),
-        knn_same_share=np.divide(
-            (same & valid).sum(axis=1), n_valid, out=np.zeros(codes.size), where=n_valid > 0
-        ),
-        pure=(degree > 0) & (nnk_same == degree),
+        nnk_same_share=nnk_same_share,
+        knn_same_share=knn_same_share,
+        pure=pure,
     )
 
 
@@ -244,12 +351,24 @@ def per_class_metrics(
 
 
 def cross_class_edge_fraction(symmetric: sp.csr_matrix, codes: np.ndarray) -> float:
-    """Share of the symmetric graph's weight on edges joining different labels."""
-    coo = symmetric.tocoo()
-    total = coo.data.sum()
+    """Share of the symmetric graph's weight on edges joining different labels.
+
+    The edges' label comparison is made a block of rows at a time, into one boolean per
+    edge: a COO copy with gathered int64 labels took 28 bytes per edge.
+    """
+    graph = sp.csr_matrix(symmetric)
+    total = graph.data.sum()
     if total == 0:
         return 0.0
-    return float(coo.data[codes[coo.row] != codes[coo.col]].sum() / total)
+    crossing = np.empty(graph.nnz, dtype=bool)
+    indptr, n_rows = graph.indptr, graph.shape[0]
+    block = max(1, _EDGE_BLOCK * n_rows // max(graph.nnz, 1))
+    for start in range(0, n_rows, block):
+        stop = min(start + block, n_rows)
+        edges = slice(indptr[start], indptr[stop])
+        row_codes = np.repeat(codes[start:stop], np.diff(indptr[start : stop + 1]))
+        np.not_equal(row_codes, codes[graph.indices[edges]], out=crossing[edges])
+    return float(graph.data[crossing].sum() / total)
 
 
 def suspects(

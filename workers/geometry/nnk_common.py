@@ -17,6 +17,10 @@ IDENTICAL_TOLERANCE = 1e-12
 RELATIVE_ZERO_WEIGHT = 1e-6
 # Pivoting decisions ignore violations smaller than this; far below the 1e-6 KKT contract.
 PIVOT_TOLERANCE = 1e-11
+# A Cholesky pivot (squared) at or below this, relative to K_jj, is a singular one: the
+# column is numerically a combination of the ones before it. nnk_compiled keeps its own
+# copy (_SINGULAR_PIVOT, compiled in); tests/unit/test_ties.py checks that they agree.
+SINGULAR_PIVOT = 1e-13
 
 
 def scipy_nnls(gram: np.ndarray, rhs: np.ndarray, allowed: np.ndarray) -> np.ndarray:

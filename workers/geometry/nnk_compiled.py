@@ -237,6 +237,34 @@ def _active_set(
 
 
 @njit(cache=True)
+def rank_deficient(gram, factor):  # pragma: no cover - compiled
+    """Whether K is numerically singular: a Cholesky pivot vanishes (``factor`` (k, k) scratch).
+
+    The factorisation runs on the upper triangle of a copy, row by row (right looking,
+    so that every update is a contiguous axpy), and stops at the first pivot at or below
+    ``_SINGULAR_PIVOT * K_jj``: the rule by which the active set keeps a column out of
+    F. Then the NNK optimum may not be unique (the solve still returns a basic one).
+    O(k^3 / 6) when K is regular.
+    """
+    k = gram.shape[0]
+    for a in range(k):
+        for b in range(a, k):
+            factor[a, b] = gram[a, b]
+    for j in range(k):
+        pivot = factor[j, j]
+        if not pivot > _SINGULAR_PIVOT * gram[j, j]:
+            return True
+        inverse = 1.0 / math.sqrt(pivot)
+        for a in range(j + 1, k):
+            factor[j, a] *= inverse
+        for b in range(j + 1, k):
+            scaled = factor[j, b]
+            for a in range(b, k):
+                factor[b, a] -= scaled * factor[j, a]
+    return False
+
+
+@njit(cache=True)
 def finish_node(gram, rhs, weights, support, relative_zero):  # pragma: no cover - compiled
     """Apply the relative zero cut; return e = 1 - 2 theta' b + theta' K theta.
 
@@ -300,18 +328,20 @@ def solver_scratch(slots, k):  # pragma: no cover - compiled
 
 @njit(parallel=True, cache=True)
 def solve_gram_batch(
-    gram, rhs, allowed, tolerances, slots, weights, error, settled
+    gram, rhs, allowed, tolerances, slots, weights, error, settled, deficient
 ):  # pragma: no cover - compiled
     """Every node of a batch from its K and b, nodes in parallel.
 
     ``slots`` is at least the number of threads: each thread works in its own slot of
     scratch (by ``get_thread_id``), allocated once per call, not once per node.
+    ``deficient[node]`` gets :func:`rank_deficient` of the node's K.
     """
     identical, pivot, relative_zero = tolerances
     n_nodes, k = rhs.shape
     factor, free, state, work, mask = solver_scratch(slots, k)
     for node in prange(n_nodes):
         slot = get_thread_id()
+        deficient[node] = rank_deficient(gram[node], factor[slot])
         mask[slot, :] = allowed[node]
         settled[node] = solve_node(
             gram[node],
@@ -475,14 +505,16 @@ def solve_vectors_batch(
     rhs,
     error,
     settled,
+    deficient,
 ):  # pragma: no cover - compiled
     """Every node of a batch: its K and b from the embeddings, then its solve, in parallel.
 
-    Scratch as in :func:`solve_gram_batch`, one slot per thread.
+    Scratch as in :func:`solve_gram_batch`, one slot per thread; ``deficient`` as there.
     """
     identical, pivot, relative_zero = tolerances
     n_nodes, k = candidates.shape
-    rows, products, gram = kernel_scratch(slots, k, embeddings.shape[1])
+    dim = embeddings.shape[1]
+    rows, products, gram = kernel_scratch(slots, k, dim)
     factor, free, state, work, mask = solver_scratch(slots, k)
     for node in prange(n_nodes):
         slot = get_thread_id()
@@ -500,6 +532,8 @@ def solve_vectors_batch(
             node_gram,
             node_rhs,
         )
+        # The cosine K_S has rank at most dim + 1: singular whenever k exceeds it.
+        deficient[node] = (not gaussian and k > dim + 1) or rank_deficient(node_gram, factor[slot])
         node_mask = mask[slot]
         for j in range(k):
             node_mask[j] = not (ignore_identical and node_rhs[j] >= 1.0 - identical)

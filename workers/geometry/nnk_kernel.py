@@ -17,7 +17,10 @@ earlier one is left out; a candidate identical to the query takes all the weight
 caller's ``allowed`` mask; weights at or below ``RELATIVE_ZERO_WEIGHT`` of the node's
 largest are cut; the same reconstruction error. A singular K_FF (embedding dimension
 below k) cannot break the factor: a candidate whose new pivot vanishes is not let into
-F. It would take no weight at the optimum in exact arithmetic (its column of the
+F. So F's columns stay linearly independent, and the weights are a basic optimum
+(support no larger than the rank of K_S), the one the pivoting order reaches when the
+optimum is not unique; such nodes are flagged (``rank_deficient``). A column kept out
+would take no weight at the optimum in exact arithmetic (its column of the
 square-root factor lies in the span of F's, so its gradient is F's, zero); should its
 gradient still be negative beyond 1e-9 at the end, or a node not settle, the node is
 marked and :func:`solve_gram` / :func:`solve_vectors` solve it again with scipy's NNLS.
@@ -123,6 +126,7 @@ def solve_gram(
     allowed: np.ndarray | None = None,
     *,
     n_threads: int | None = None,
+    rank_deficient: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exact NNK weights of a batch of nodes from their kernel matrices.
 
@@ -136,6 +140,10 @@ def solve_gram(
         Candidates that may take weight (default: all).
     n_threads : int, optional
         Threads for the parallel loop (default: numba's current setting).
+    rank_deficient : bool ndarray of shape (n,), optional
+        Written with whether each node's K is numerically singular (a Cholesky pivot at
+        or below 1e-13 of its diagonal): its optimum may not be unique, and the weights
+        are a basic optimum (linearly independent support).
 
     Returns
     -------
@@ -154,9 +162,10 @@ def solve_gram(
     weights = np.empty((n_nodes, k))
     error = np.empty(n_nodes)
     settled = np.empty(n_nodes, dtype=np.bool_)
+    deficient = np.empty(n_nodes, dtype=np.bool_) if rank_deficient is None else rank_deficient
     with _Threads(n_threads):
         nnk_compiled.solve_gram_batch(
-            gram, rhs, allowed, _TOLERANCES, max_threads(), weights, error, settled
+            gram, rhs, allowed, _TOLERANCES, max_threads(), weights, error, settled, deficient
         )
     for node in np.flatnonzero(~settled):
         weights[node], error[node] = _fallback(gram[node], rhs[node], allowed[node])
@@ -174,6 +183,7 @@ def solve_vectors(
     scales: np.ndarray | None = None,
     n_threads: int | None = None,
     out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    rank_deficient: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Kernels and exact NNK weights of a block of queries, straight from the embeddings.
 
@@ -195,6 +205,8 @@ def solve_vectors(
         Threads for the parallel loop (default: numba's current setting).
     out : (weights, query_kernel, reconstruction_error), optional
         C-contiguous float64 arrays of shapes (n, k), (n, k), (n,) to write into.
+    rank_deficient : bool ndarray of shape (n,), optional
+        Written as :func:`solve_gram` writes it.
 
     Returns
     -------
@@ -212,6 +224,7 @@ def solve_vectors(
     bandwidth = float(sigma) if sigma is not None else 0.0
     weights, rhs, error = out or (np.empty((n_nodes, k)), np.empty((n_nodes, k)), np.empty(n_nodes))
     settled = np.empty(n_nodes, dtype=np.bool_)
+    deficient = np.empty(n_nodes, dtype=np.bool_) if rank_deficient is None else rank_deficient
     with _Threads(n_threads):
         nnk_compiled.solve_vectors_batch(
             embeddings,
@@ -227,6 +240,7 @@ def solve_vectors(
             rhs,
             error,
             settled,
+            deficient,
         )
     for node in np.flatnonzero(~settled):
         gram = np.empty((k, k))

@@ -52,6 +52,7 @@ def solve_rows(
     block: int,
     workers: int,
     progress: Callable[[float], None],
+    rank_deficient: np.ndarray | None = None,
 ) -> Solved:
     """Weights, K[S_i, i] and reconstruction errors of rows ``first ..`` of a set.
 
@@ -68,6 +69,10 @@ def solve_rows(
         path uses ``workers`` threads and its own block.
     progress : callable
         ``progress(fraction)`` after each block; may raise to stop.
+    rank_deficient : bool ndarray of shape (n_rows,), optional
+        Written with whether each row's K[S_i, S_i] is numerically singular (a Cholesky
+        pivot at or below ``SINGULAR_PIVOT`` of its diagonal), on either path: its NNK
+        optimum may not be unique, and its weights are a basic optimum.
 
     Returns
     -------
@@ -83,6 +88,7 @@ def solve_rows(
             params=params,
             workers=workers,
             progress=progress,
+            rank_deficient=rank_deficient,
         )
     return _solve_torch(
         embeddings,
@@ -93,6 +99,7 @@ def solve_rows(
         block=block,
         workers=workers,
         progress=progress,
+        rank_deficient=rank_deficient,
     )
 
 
@@ -105,6 +112,7 @@ def _solve_compiled(
     params: AnalysisParams,
     workers: int,
     progress: Callable[[float], None],
+    rank_deficient: np.ndarray | None = None,
 ) -> Solved:
     n_rows, k = candidate_indices.shape
     weights = np.empty((n_rows, k))
@@ -124,6 +132,7 @@ def _solve_compiled(
             scales=scales,
             n_threads=workers,
             out=(weights[start:stop], query_kernel[start:stop], reconstruction_error[start:stop]),
+            rank_deficient=None if rank_deficient is None else rank_deficient[start:stop],
         )
         progress(stop / max(n_rows, 1))
     return weights, query_kernel, reconstruction_error
@@ -153,9 +162,11 @@ def _solve_torch(
     block: int,
     workers: int,
     progress: Callable[[float], None],
+    rank_deficient: np.ndarray | None = None,
 ) -> Solved:
     from workers.geometry.kernels import candidate_kernels, kernel_vectors
     from workers.geometry.solver import nnk_weights
+    from workers.geometry.solver import rank_deficient as singular_gram
 
     vectors = kernel_vectors(embeddings, kernel=params.kernel, device=device)
     n_rows, k = candidate_indices.shape
@@ -177,6 +188,8 @@ def _solve_torch(
         weights[start:stop] = block_weights.cpu().numpy()
         query_kernel[start:stop] = rhs.cpu().numpy()
         reconstruction_error[start:stop] = block_error.cpu().numpy()
+        if rank_deficient is not None:
+            rank_deficient[start:stop] = singular_gram(gram).cpu().numpy()
         return stop - start
 
     progress(0.0)

@@ -35,6 +35,12 @@ COMPARED_METRICS: tuple[str, ...] = (
     "intrinsic_dimension.mle",
     "label_smoothness.cross_class_edge_fraction",
     "regime",
+    "out_of_sample.error.nnk_weighted",
+    "out_of_sample.error.nnk_unweighted",
+    "out_of_sample.error.knn_weighted",
+    "out_of_sample.error.knn_unweighted",
+    "neural_collapse.nc1",
+    "baselines.linear_probe.error",
 )
 
 

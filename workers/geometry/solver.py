@@ -32,11 +32,12 @@ import torch
 from workers.geometry.nnk_common import (
     IDENTICAL_TOLERANCE,
     RELATIVE_ZERO_WEIGHT,
+    SINGULAR_PIVOT,
     scipy_nnls,
 )
 from workers.geometry.nnk_common import PIVOT_TOLERANCE as _PIVOT_TOLERANCE
 
-__all__ = ["IDENTICAL_TOLERANCE", "RELATIVE_ZERO_WEIGHT", "Solver", "nnk_weights"]
+__all__ = ["IDENTICAL_TOLERANCE", "RELATIVE_ZERO_WEIGHT", "Solver", "nnk_weights", "rank_deficient"]
 _BPP_BACKUP_STEPS = 3
 # The authors' solver's tolerance for graphs, and its iteration cap.
 AUTHORS_TOLERANCE = 1e-6
@@ -46,14 +47,20 @@ Solver = Literal["exact", "authors"]
 
 
 def _free_set_solve(
-    gram: torch.Tensor, rhs: torch.Tensor, free: torch.Tensor, *, ridge: float = 0.0
+    gram: torch.Tensor,
+    rhs: torch.Tensor,
+    free: torch.Tensor,
+    *,
+    ridge: float = 0.0,
+    strict: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve K_FF x_F = b_F for every node, x = 0 off F; also report which factorised.
 
     Nodes are grouped by the size of their free set and each group is solved as one
     batch of |F| x |F| systems: a batched Cholesky costs roughly (size)^3, so packing
     the free variables is several times cheaper than masking full k x k systems once
-    the free sets have shrunk to the support (~k/2).
+    the free sets have shrunk to the support (~k/2). ``strict``: a node whose factor
+    has a pivot at or below ``SINGULAR_PIVOT`` counts as not factorised.
     """
     n_nodes, k = rhs.shape
     solution = torch.zeros_like(rhs)
@@ -76,7 +83,13 @@ def _free_set_solve(
         # Two triangular solves are several times faster than cholesky_solve on CPU batches.
         half = torch.linalg.solve_triangular(factor, packed_rhs, upper=False)
         packed = torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1)
-        node_ok = (info == 0) & torch.isfinite(packed).all(dim=1)
+        # A pivot at the singular threshold fails the node, as the compiled kernel keeps
+        # such a column out of F: the free columns stay independent (a basic optimum).
+        pivots = factor.diagonal(dim1=1, dim2=2) ** 2
+        regular = (pivots > SINGULAR_PIVOT * system.diagonal(dim1=1, dim2=2)).all(dim=1)
+        # The authors' solver (not strict) fails only where their Cholesky does.
+        regular |= not strict
+        node_ok = (info == 0) & regular & torch.isfinite(packed).all(dim=1)
         solution[nodes.unsqueeze(1), columns] = torch.where(node_ok.unsqueeze(1), packed, 0.0)
         factorised[nodes] = node_ok
     return solution, factorised
@@ -222,11 +235,15 @@ def _authors_weights(gram: torch.Tensor, rhs: torch.Tensor, allowed: torch.Tenso
         if active.numel() == 0:
             break
         node_gram, node_rhs, node_free = gram[active], rhs[active], free[active]
-        candidate, factorised = _free_set_solve(node_gram, node_rhs, node_free)
+        candidate, factorised = _free_set_solve(node_gram, node_rhs, node_free, strict=False)
         if not bool(factorised.all()):
             # As the authors do on a failed Cholesky: add tol * I and solve again.
             retry, _ = _free_set_solve(
-                node_gram[~factorised], node_rhs[~factorised], node_free[~factorised], ridge=tol
+                node_gram[~factorised],
+                node_rhs[~factorised],
+                node_free[~factorised],
+                ridge=tol,
+                strict=False,
             )
             candidate[~factorised] = retry
         negative = candidate < tol
@@ -302,3 +319,32 @@ def nnk_weights(
         + (weights * torch.bmm(gram, weights.unsqueeze(-1)).squeeze(-1)).sum(dim=1)
     )
     return weights, reconstruction_error
+
+
+def rank_deficient(candidate_gram: torch.Tensor) -> torch.Tensor:
+    """Whether each node's K is numerically singular (its NNK optimum may not be unique).
+
+    Parameters
+    ----------
+    candidate_gram : tensor of shape (n_nodes, k, k), float64
+        ``K[S_i, S_i]`` per node.
+
+    Returns
+    -------
+    bool tensor of shape (n_nodes,)
+        True where a Cholesky pivot of K, taken column by column, is at or below
+        ``SINGULAR_PIVOT`` times its diagonal entry: the test of the compiled kernel
+        (:func:`workers.geometry.nnk_compiled.rank_deficient`), batched.
+    """
+    schur = candidate_gram.clone()
+    k = schur.shape[1]
+    deficient = torch.zeros(schur.shape[0], dtype=torch.bool, device=schur.device)
+    for j in range(k):
+        pivot = schur[:, j, j]
+        singular = ~(pivot > SINGULAR_PIVOT * candidate_gram[:, j, j])
+        deficient |= singular
+        # Nodes already deficient are decided: a unit pivot keeps their arithmetic finite.
+        pivot = torch.where(deficient, torch.ones_like(pivot), pivot)
+        column = schur[:, j + 1 :, j] / pivot.sqrt().unsqueeze(1)
+        schur[:, j + 1 :, j + 1 :] -= column.unsqueeze(2) * column.unsqueeze(1)
+    return deficient

@@ -46,6 +46,7 @@ __all__ = [
     "load_uploaded_data",
     "resolve_data_path",
     "split_dataset",
+    "standardize_split",
 ]
 
 IMAGE_ARRAY_SUFFIX = ".npy"
@@ -435,3 +436,39 @@ def split_dataset(data: LabelledData, *, split: DatasetSplit) -> TrainTestData:
         train=data.subset(np.flatnonzero(~test_mask)),
         test=data.subset(np.flatnonzero(test_mask)),
     )
+
+
+def standardize_split(parts: TrainTestData) -> TrainTestData:
+    """Both parts z-scored with the training part's statistics.
+
+    Vectors (N x F) are standardised per feature, images (N x C x H x W) per channel
+    (over the training points and pixels), so that a convolution still sees one scale
+    per channel. The test part uses the training mean and standard deviation: held-out
+    points must not inform the preprocessing the model is trained with.
+
+    Parameters
+    ----------
+    parts : TrainTestData
+
+    Returns
+    -------
+    TrainTestData
+        float32 inputs ``(x - mean) / std``, statistics computed in float64 with the
+        population standard deviation (ddof 0); a feature or channel that is constant
+        on the training points (std 0, such as digits' border pixels) is only centred.
+        Labels and ids are unchanged.
+    """
+    train_inputs = np.asarray(parts.train.inputs, dtype=np.float64)
+    axes = (0,) if train_inputs.ndim == 2 else (0, *range(2, train_inputs.ndim))
+    mean = train_inputs.mean(axis=axes, keepdims=True)
+    std = train_inputs.std(axis=axes, keepdims=True)
+    # A constant feature carries no information; dividing it by 0 would make NaNs.
+    std[std == 0.0] = 1.0
+
+    def scaled(data: LabelledData) -> LabelledData:
+        inputs = (np.asarray(data.inputs, dtype=np.float64) - mean) / std
+        return LabelledData(
+            inputs=np.ascontiguousarray(inputs, dtype=np.float32), labels=data.labels, ids=data.ids
+        )
+
+    return TrainTestData(train=scaled(parts.train), test=scaled(parts.test))
