@@ -365,3 +365,28 @@ def test_comparison_charts_no_flag_seed_or_constant_fact(study):
     assert "Parameters" in captions and "Final loss" in captions
     assert {"Fitted", "Seed", "Depth", "fitted", "seed", "depth"}.isdisjoint(captions)
     assert all("_" not in caption for caption in captions)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from tests.unit.test_html_report import headless_chromium
+
+    yield from headless_chromium(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_study_page_renders_in_chromium_without_errors_or_requests(study, browser, tmp_path):
+    from htmlreport.page import render_report_html
+    from tests.unit.test_html_report import visit
+
+    _, analysis = study
+    page = tmp_path / "study.html"
+    page.write_text(render_report_html(analysis.report), encoding="utf-8")
+
+    seen = visit(browser, page.as_uri())
+
+    assert seen.errors == []
+    assert all(url == page.as_uri() or url.startswith("data:") for url in seen.requests)
+    # Readable on a laptop: nothing wider than the window, every chart drawn at a size.
+    assert seen.facts["scrollWidth"] <= seen.facts["innerWidth"]
+    assert seen.facts["svgs"] and all(w > 300 and h > 150 for w, h in seen.facts["svgs"])
