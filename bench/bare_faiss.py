@@ -34,7 +34,7 @@ def build_index(vectors: np.ndarray, *, kind: str, nprobe: int, seed: int) -> fa
         index = faiss.IndexFlatIP(d)
     else:
         nlist = int(4 * math.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), nlist, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(seed).choice(
             n, size=min(n, nlist * _TRAIN_PER_LIST), replace=False
         )
