@@ -30,10 +30,9 @@ from api_schemas.datasets import DatasetRef
 from api_schemas.params import resolve_knn
 from api_schemas.problems import FieldError
 from jobstate.blobs import BlobStore
-from jobstate.checks import check_set_shapes
+from jobstate.checks import check_query_shapes, check_set_shapes
 from jobstate.errors import InvalidInputError
 from jobstate.memory_budget import SHARD_ALIGNMENT, MemoryBudgetError, plan_solve_block
-from jobstate.query_checks import check_query_shapes
 from jobstate.records import (
     JOB_ID_PATTERN,
     ArrayInput,

@@ -55,7 +55,6 @@ ENGINE_JOBSTATE_LEAVES = frozenset(
     {
         "jobstate.errors",
         "jobstate.checks",
-        "jobstate.query_checks",
         "jobstate.memory_budget",
         "jobstate.model_footprint",
         "jobstate.data_paths",

@@ -41,10 +41,9 @@ from api_schemas.out_of_sample import (
     OutOfSampleQuantiles,
 )
 from api_schemas.params import resolve_knn
-from jobstate.checks import check_embedding_values, check_set_shapes
+from jobstate.checks import check_embedding_values, check_query_shapes, check_set_shapes
 from jobstate.errors import InvalidInputError
 from jobstate.memory_budget import MAX_SOLVE_BLOCK, SHARD_ALIGNMENT, plan_solve
-from jobstate.query_checks import check_query_shapes
 from jobstate.version import ALGORITHM_VERSION
 from workers.geometry import metrics
 from workers.geometry.candidates import (
