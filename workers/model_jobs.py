@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from api_schemas import AnalysisParams
+from jobstate.data_paths import PathNotAllowedError
 from jobstate.records import JobSpec
 from workers.geometry import Analysis, EmbeddingSet, InvalidInputError
 from workers.geometry.analysis import ProgressCallback
-from workers.models import PathNotAllowedError
 from workers.models.sandbox.runner import SandboxPolicy
 
 __all__ = ["add_study_section", "build_model_job_sets"]

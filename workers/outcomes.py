@@ -15,13 +15,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from api_schemas import JobStatus, Problem
 from api_schemas.problems import FieldError
+from jobstate.data_paths import PathNotAllowedError
 from jobstate.errors import AnalysisCanceled, InvalidInputError
 from jobstate.memory_budget import is_allocation_failure
 from jobstate.problems import job_problem
 from jobstate.records import JobRecord, utc_now
 from jobstate.store.results import PutResultOutcome
 from workers.geometry import Analysis, EmbeddingSet
-from workers.models import PathNotAllowedError
 from workers.models.sandbox.runner import SandboxUnavailableError
 from workers.results import discard_run_files, store_result
 from workers.runtime import WorkerRuntime

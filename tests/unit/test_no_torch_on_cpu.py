@@ -95,6 +95,23 @@ def test_nnkgeo_analyze_imports_no_torch(tmp_path):
     assert outcome["torch"] == []
 
 
+_WORKER = """
+import json, sys
+import workers.celery_app, workers.model_jobs, workers.outcomes, workers.sharded, workers.single
+from workers.models import PathNotAllowedError
+print(json.dumps({
+    "torch": sorted(name for name in sys.modules if name.split(".")[0] == "torch"),
+}))
+"""
+
+
+def test_the_worker_loads_torch_only_for_model_jobs():
+    # A CPU worker that runs only analysis jobs should not pay torch's start-up and memory.
+    assert _run(_WORKER)["torch"] == []
+    loaded = _run(_WORKER.replace("PathNotAllowedError", "run_study"))["torch"]
+    assert "torch" in loaded
+
+
 def test_the_torch_solver_path_still_runs_on_the_cpu(monkeypatch):
     # Without numba (or for the "authors" solver) the CPU path is torch's, as before.
     pytest.importorskip("torch")

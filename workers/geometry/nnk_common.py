@@ -8,8 +8,6 @@ two paths cut weights and detect duplicates identically.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
-import scipy.optimize
 
 # Two points whose kernel value is within this of 1 are identical (DESIGN: "K = 1").
 IDENTICAL_TOLERANCE = 1e-12
@@ -38,6 +36,11 @@ def scipy_nnls(gram: np.ndarray, rhs: np.ndarray, allowed: np.ndarray) -> np.nda
     ndarray of shape (k,)
         A KKT point of the NNK problem restricted to ``allowed`` (not yet cut).
     """
+    # Imported here: this reference path is rare, and scipy.optimize costs ~0.2 s of the
+    # start-up of every analysis.
+    import scipy.linalg
+    import scipy.optimize
+
     weights = np.zeros_like(rhs)
     index = np.flatnonzero(allowed)
     if index.size == 0:
