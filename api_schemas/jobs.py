@@ -14,6 +14,7 @@ from api_schemas.params import AnalysisParams
 from api_schemas.problems import Problem
 
 SET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+JOB_KINDS = ("sets", "embed", "study", "compare", "drift")
 
 
 class JobStatus(StrEnum):
@@ -52,19 +53,72 @@ class EmbeddingSetSpec(RequestModel):
     )
 
 
+class CompareSpec(RequestModel):
+    """Two sets of the same points, in the same order (two layers, models, checkpoints).
+
+    Both are analysed as ``sets`` would be; the report's ``compare`` section gives, per
+    point, the overlap of its NNK neighbourhoods in ``a`` and in ``b``, and linear CKA.
+    """
+
+    a: EmbeddingSetSpec
+    b: EmbeddingSetSpec = Field(description="The same number of points as `a`, in its order.")
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> CompareSpec:
+        if self.a.name == self.b.name:
+            raise ValueError(
+                f"compare.a and compare.b need different names; both are {self.a.name!r}"
+            )
+        return self
+
+
+class DriftSetSpec(RequestModel):
+    """The points checked for drift: interpolated from the reference, never a graph of
+    their own."""
+
+    name: str = Field("current", pattern=SET_NAME_PATTERN)
+    embeddings: DatasetRef
+    labels: DatasetRef | None = Field(
+        None, description="One label per point; gives the report's per-class shifts."
+    )
+    ids: DatasetRef | None = Field(None, description="One id per point, named in `drifted`.")
+
+
+class DriftSpec(RequestModel):
+    """New embeddings (e.g. production) against a reference set (e.g. training data).
+
+    The reference is analysed as a set (with exact neighbour search); each current point
+    is solved against it out of sample, and its reconstruction error is ranked among the
+    reference's leave-one-out errors (the report's ``drift`` section).
+    """
+
+    reference: EmbeddingSetSpec
+    current: DriftSetSpec
+    threshold: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="The verdict is 'drift' when the Kolmogorov-Smirnov p-value is below it.",
+    )
+
+
 class JobCreate(RequestModel):
-    """A job names its inputs in exactly one of three ways (DESIGN section 3).
+    """A job names its inputs in exactly one of five ways (see the README's API walk-through).
 
     - ``sets``: uploaded embeddings, one set each;
     - ``embed``: a model reference, a dataset reference and layers: the worker embeds
       the data, one set per layer, in depth order;
     - ``study``: a family of models of growing size, each trained until it fits its
-      training set, then embedded and compared in size order.
+      training set, then embedded and compared in size order;
+    - ``compare``: two sets of the same points, compared point by point;
+    - ``drift``: current embeddings scored against a reference set.
     """
 
     sets: list[EmbeddingSetSpec] | None = Field(None, min_length=1, max_length=64)
     embed: EmbedSpec | None = None
     study: StudySpec | None = None
+    compare: CompareSpec | None = None
+    drift: DriftSpec | None = None
     params: AnalysisParams = Field(default_factory=AnalysisParams)
     callback_url: AnyHttpUrl | None = Field(
         None,
@@ -85,18 +139,19 @@ class JobCreate(RequestModel):
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> JobCreate:
-        given = [name for name in ("sets", "embed", "study") if getattr(self, name) is not None]
+        given = [name for name in JOB_KINDS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of 'sets' (uploaded embeddings), 'embed' (a model and a "
-                f"dataset) or 'study' (models of growing size); got {given or 'none'}"
+                "dataset), 'study' (models of growing size), 'compare' (two sets of the same "
+                f"points) or 'drift' (a reference and current points); got {given or 'none'}"
             )
         return self
 
     @property
     def kind(self) -> str:
-        """Which of the three inputs the job names: "sets", "embed" or "study"."""
-        return "sets" if self.sets is not None else "embed" if self.embed is not None else "study"
+        """Which input the job names: "sets", "embed", "study", "compare" or "drift"."""
+        return next(name for name in JOB_KINDS if getattr(self, name) is not None)
 
 
 class JobProgress(ResponseModel):

@@ -14,16 +14,20 @@ from typing import Any, Literal
 from pydantic import Field, ValidatorFunctionWrapHandler, field_validator
 
 from api_schemas.base import ResponseModel
+from api_schemas.compare import CompareReport, DriftReport
 from api_schemas.out_of_sample import Baselines, NeuralCollapse, OutOfSample
 from api_schemas.params import AnalysisParams, ReportedParams
 from api_schemas.study import Study
 
-REPORT_SCHEMA_VERSION = "1.1"
+REPORT_SCHEMA_VERSION = "1.2"
 """1.1: ``sets[].intrinsic_dimension.seed``, the seed of the intrinsic-dimension sample;
 ``sets[].out_of_sample``, ``sets[].neural_collapse``, ``sets[].baselines``,
 ``sets[].loo_error.{nnk_weighted,nnk_unweighted}_ci95``, ``sets[].regime_uncertain`` and
 ``sets[].graph.nonunique_nodes``;
-``study``, a model-size study's intervals over seeds and verdicts per claim."""
+``study``, a model-size study's intervals over seeds and verdicts per claim.
+1.2: ``compare`` (a compare job's per-point NNK-neighbourhood overlap and linear CKA),
+``drift`` (a drift job's scores, KS test and verdict) and
+``comparison.overlap_consecutive``."""
 
 REPORT_PAGE_CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 """What the report page may load: nothing but its own inline styles. The page declares it
@@ -192,6 +196,14 @@ class Comparison(ResponseModel):
     series: dict[str, list[float | int | str | None]] = Field(
         description="Dotted metric name -> one value per set, in the order of `sets`."
     )
+    overlap_consecutive: list[float] | None = Field(
+        None,
+        description=(
+            "When every set has the same number of points (the same points, e.g. layers): "
+            "entry s is the mean Jaccard overlap of the points' NNK neighbourhoods in set s "
+            "and in set s + 1. Null otherwise."
+        ),
+    )
 
 
 class Report(ResponseModel):
@@ -207,6 +219,12 @@ class Report(ResponseModel):
             "A model-size study's summary: per model, t-intervals over the fitted training "
             "seeds; per claim, a verdict and its evidence (api_schemas.study)."
         ),
+    )
+    compare: CompareReport | None = Field(
+        None, description="A compare job's point-by-point comparison of its two sets."
+    )
+    drift: DriftReport | None = Field(
+        None, description="A drift job's scores of the current points against the reference."
     )
 
     @field_validator("params", mode="wrap")

@@ -117,6 +117,13 @@ class UploadInput(BaseModel):
 JobKind = Literal["sets", "embed", "study"]
 
 
+class DriftInput(BaseModel):
+    """A drift job's current points (scored against ``sets[0]``, the reference)."""
+
+    current: SetInput
+    threshold: float
+
+
 class JobSpec(BaseModel):
     """What a job reads, resolved at submission.
 
@@ -132,10 +139,16 @@ class JobSpec(BaseModel):
     study: StudySpec | None = None
     uploads: list[UploadInput] = Field(default_factory=list)
     params: AnalysisParams
+    # A compare job is a sets job of two sets compared point by point; a drift job one
+    # of its reference set, with the current points here (api_schemas.jobs).
+    compare: bool = False
+    drift: DriftInput | None = None
 
     def dataset_ids(self) -> list[str]:
+        current = [] if self.drift is None else self.drift.current.arrays()
         return sorted(
             {array.dataset for s in self.sets for array in s.arrays()}
+            | {array.dataset for array in current}
             | {upload.dataset for upload in self.uploads}
         )
 

@@ -7,4 +7,7 @@
 #    have no page, and the cache must not answer with one of them.
 # 4: knn="auto" is the default (approximate from 200,000 points), approximate search is
 #    an IVF-Flat index instead of HNSW, and exact search reports recall 1.0.
-ALGORITHM_VERSION = "4"
+# 5: a job of several sets of the same points reports comparison.overlap_consecutive (the
+#    mean Jaccard overlap of consecutive sets' NNK neighbourhoods); older cached reports
+#    lack it.
+ALGORITHM_VERSION = "5"

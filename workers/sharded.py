@@ -48,6 +48,7 @@ from jobstate.store import (
     new_claim_token,
 )
 from workers.celery_app import app
+from workers.comparison_jobs import add_job_sections
 from workers.geometry import Analysis, EmbeddingSet, SetAnalysis, validate_set
 from workers.geometry.analysis import (
     NNKGraph,
@@ -366,6 +367,7 @@ def _assemble(
         params = job.spec.params
         progress = JobProgressReporter(store, job, attempt=attempt)
         results: dict[str, SetAnalysis] = {}
+        loaded: list[EmbeddingSet] = []
         n_sets = len(job.spec.sets)
         for position, set_input in enumerate(job.spec.sets):
             blocks = [
@@ -383,24 +385,29 @@ def _assemble(
             with warnings.catch_warnings():
                 # Empty classes and the like give harmless NaN warnings.
                 warnings.simplefilter("ignore", category=RuntimeWarning)
-                results[set_input.name] = measure_set(
+                loaded.append(
                     load_set(
                         runtime.blobs, set_input, max_array_bytes=runtime.settings.array_limit_bytes
-                    ),
+                    )
+                )
+                results[set_input.name] = measure_set(
+                    loaded[-1],
                     NNKGraph.concatenate([block.nnk for block in blocks]),
                     params=params,
                     progress=set_progress,
                     warnings=sorted({b.device_warning for b in blocks if b.device_warning}),
                 )
         report = assemble_report(
-            [result.report for result in results.values()], params=params, job_id=job_id
+            [result.report for result in results.values()],
+            params=params,
+            job_id=job_id,
+            graphs=[result.directed for result in results.values()],
+            point_ids=[embedding_set.ids for embedding_set in loaded],
         )
-        succeed(
-            runtime,
-            job,
-            Analysis(report=report, sets=results),
-            attempt=attempt,
+        analysis = add_job_sections(
+            runtime, job, Analysis(report=report, sets=results), sets=loaded
         )
+        succeed(runtime, job, analysis, attempt=attempt)
         return "assembled"
     assert ending.status is not None
     return ending.status.value

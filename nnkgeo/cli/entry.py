@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from nnkgeo.cli.check import add_check_command
+from nnkgeo.cli.compare import add_comparison_commands
 from nnkgeo.cli.local import add_local_commands
 from nnkgeo.cli.outcome import EXIT_USAGE, CommandRefused, print_error
 from nnkgeo.cli.remote import add_remote_commands
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_local_commands(commands)
+    add_comparison_commands(commands)
     add_remote_commands(commands)
     add_check_command(commands)
     return parser

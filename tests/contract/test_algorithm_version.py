@@ -48,6 +48,12 @@ FINGERPRINTS: dict[str, dict[str, str]] = {
         "default": "5ba7b65efed4a72df0373cf47f526da60ef05c6d2607aa9b370747491ddf09b6",
         "varied": "36fb05670e0ede6b5fd73ffe9265a722c07182ea0771d84eb4aa34d5ab51f298",
     },
+    # 5: comparison.overlap_consecutive for sets of the same points (report schema 1.2);
+    # every other number as in 4.
+    "5": {
+        "default": "afd78dd12bd196036e967c1c7260a740dde80aa3f54b8be4744e69707593aaa7",
+        "varied": "37fc7fdd01e52d79b1d42edd6b4684cb9f8cd18944912738c8a9c974a94a6211",
+    },
 }
 
 

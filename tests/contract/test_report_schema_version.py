@@ -26,6 +26,9 @@ FINGERPRINTS: dict[str, str] = {
     # out_of_sample, neural_collapse, baselines, loo_error.*_ci95, regime_uncertain,
     # graph.nonunique_nodes; study; params.baselines
     "1.1": "051abff4ecf878f496c5bbf88a8a8b721c05d56d894515485cc0ff9601520d97",
+    # 1.2: compare (a compare job's per-point overlap and CKA), drift (a drift job's
+    # scores, KS test, verdict), comparison.overlap_consecutive
+    "1.2": "92e2778ad123b149d5c323011ad05287247a47d7658e818713757b73b35b90fb",
 }
 
 

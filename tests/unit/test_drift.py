@@ -13,7 +13,8 @@ import scipy.stats
 
 from jobstate.errors import InvalidInputError
 from tests.unit.reference import brute_force_neighbours, nnk_reference
-from workers.geometry.drift import DEFAULT_THRESHOLD, drift_scores, drift_statistics
+from workers.geometry.drift import drift_scores
+from workers.geometry.drift_statistics import DEFAULT_THRESHOLD, drift_statistics
 
 K = 8
 

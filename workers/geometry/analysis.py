@@ -156,6 +156,9 @@ class SetAnalysis:
     report: SetReport
     directed: sp.csr_matrix
     symmetric: sp.csr_matrix
+    # Each point's leave-one-out reconstruction error (a drift job ranks current points
+    # among them); None where the analysis did not keep them.
+    reconstruction_error: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -667,7 +670,12 @@ def measure_set(
         baselines=baselines,
     )
     report("metrics", 1.0)
-    return SetAnalysis(report=set_report, directed=directed, symmetric=symmetric)
+    return SetAnalysis(
+        report=set_report,
+        directed=directed,
+        symmetric=symmetric,
+        reconstruction_error=nnk.reconstruction_error,
+    )
 
 
 def analyze(
@@ -707,6 +715,10 @@ def analyze(
             memory_budget_bytes=memory_budget_bytes,
         )
     report = assemble_report(
-        [result.report for result in results.values()], params=params, job_id=job_id
+        [result.report for result in results.values()],
+        params=params,
+        job_id=job_id,
+        graphs=[result.directed for result in results.values()],
+        point_ids=[embedding_set.ids for embedding_set in sets],
     )
     return Analysis(report=report, sets=results)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
 
 from api_schemas import AnalysisParams, Comparison, Report, SetReport
 from jobstate.version import ALGORITHM_VERSION
+from workers.geometry.compare import consecutive_overlap
 
 # The scalar metrics a comparison follows across sets, as dotted paths into SetReport.
 COMPARED_METRICS: tuple[str, ...] = (
@@ -53,11 +58,35 @@ def _lookup(report: SetReport, path: str) -> float | int | str | None:
     return value  # type: ignore[return-value]
 
 
-def comparison(set_reports: Sequence[SetReport]) -> Comparison:
+def _same_points(
+    set_reports: Sequence[SetReport], point_ids: Sequence[np.ndarray | None] | None
+) -> bool:
+    """Every set has as many points, and the same ids where consecutive sets have ids.
+
+    A model job drops a layer's zero rows (``extra.dropped_zero_rows``): its sets can
+    hold different points, told apart by their ids.
+    """
+    if len({report.n_points for report in set_reports}) != 1:
+        return False
+    ids = list(point_ids or ())
+    return all(
+        first is None or second is None or np.array_equal(first, second)
+        for first, second in itertools.pairwise(ids)
+    )
+
+
+def comparison(
+    set_reports: Sequence[SetReport],
+    graphs: Sequence[sp.spmatrix] | None = None,
+    point_ids: Sequence[np.ndarray | None] | None = None,
+) -> Comparison:
     """Each compared metric as a series over the sets, in the order given.
 
     Facts a set carries in ``extra`` (a study's parameter count, train accuracy) are
-    series too, under ``extra.<name>``.
+    series too, under ``extra.<name>``. With the sets' directed graphs, and when the sets
+    hold the same points (as many, with the same ``point_ids`` where given: layers,
+    checkpoints), the mean Jaccard overlap of each set's NNK neighbourhoods with the next
+    set's is ``overlap_consecutive``.
     """
     series: dict[str, list[float | int | str | None]] = {
         path: [_lookup(report, path) for report in set_reports] for path in COMPARED_METRICS
@@ -65,11 +94,25 @@ def comparison(set_reports: Sequence[SetReport]) -> Comparison:
     extra_names = sorted({name for report in set_reports for name in report.extra})
     for name in extra_names:
         series[f"extra.{name}"] = [report.extra.get(name) for report in set_reports]
-    return Comparison(sets=[report.name for report in set_reports], series=series)
+    overlap = (
+        [float(value) for value in consecutive_overlap(graphs)]
+        if graphs is not None and len(graphs) > 1 and _same_points(set_reports, point_ids)
+        else None
+    )
+    return Comparison(
+        sets=[report.name for report in set_reports],
+        series=series,
+        overlap_consecutive=overlap,
+    )
 
 
 def assemble_report(
-    set_reports: Sequence[SetReport], *, params: AnalysisParams, job_id: str | None = None
+    set_reports: Sequence[SetReport],
+    *,
+    params: AnalysisParams,
+    job_id: str | None = None,
+    graphs: Sequence[sp.spmatrix] | None = None,
+    point_ids: Sequence[np.ndarray | None] | None = None,
 ) -> Report:
     """The report of a job from its sets' reports, compared when there are several.
 
@@ -84,6 +127,12 @@ def assemble_report(
         The parameters every set was analysed with.
     job_id : str, optional
         The job the report belongs to.
+    graphs : sequence of sparse matrices, optional
+        The sets' directed NNK graphs W, in the same order, for
+        ``comparison.overlap_consecutive``.
+    point_ids : sequence of (ndarray or None), optional
+        The sets' point ids, in the same order: sets whose ids differ hold different
+        points, and get no ``overlap_consecutive``.
 
     Returns
     -------
@@ -95,5 +144,5 @@ def assemble_report(
         algorithm_version=ALGORITHM_VERSION,
         params=params,
         sets=list(set_reports),
-        comparison=comparison(set_reports) if len(set_reports) > 1 else None,
+        comparison=comparison(set_reports, graphs, point_ids) if len(set_reports) > 1 else None,
     )

@@ -298,10 +298,13 @@ def add_study_section(
     study, set_reports = study_section(
         [s for s in sets if isinstance(s, StudyEmbeddingSet)], analysis, params=params
     )
+    ids_of = {s.name: s.ids for s in sets}
     # Assembled again, so that the comparison runs over the out-of-sample figures too.
     report = assemble_report(
         [set_reports.get(entry.name, entry) for entry in analysis.report.sets],
         params=params,
         job_id=analysis.report.job_id,
+        graphs=[analysis.sets[entry.name].directed for entry in analysis.report.sets],
+        point_ids=[ids_of.get(entry.name) for entry in analysis.report.sets],
     ).model_copy(update={"study": study})
     return Analysis(report=report, sets=analysis.sets)
