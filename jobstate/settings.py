@@ -7,6 +7,9 @@ them uses says so in its description. `README.md` carries the same table for ope
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Self
@@ -19,7 +22,30 @@ DAY_S = 24 * 3600
 
 
 class ConfigurationError(RuntimeError):
-    """The settings are missing or unsafe; the process must not start with them."""
+    """The settings are missing or unsafe; the process must not start with them.
+
+    ``problems`` holds one line per setting at fault, each naming it and the fix.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+
+@contextmanager
+def refuse_to_start_on_configuration_error(process: str) -> Iterator[None]:
+    """Turn a ConfigurationError raised inside into its lines on stderr and exit code 2.
+
+    For the entry points (the API module uvicorn imports, the worker's Celery app): a
+    misconfigured process says what to fix in a line per setting, not under a traceback
+    of the importer's frames. SystemExit passes through uvicorn's and Celery's loaders.
+    """
+    try:
+        yield
+    except ConfigurationError as error:
+        for problem in error.problems:
+            print(f"nnkgeo {process} refuses to start: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class Settings(BaseSettings):
@@ -151,6 +177,29 @@ class Settings(BaseSettings):
         "INFO",
         pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
         description="Log level of the API and the workers.",
+    )
+    log_format: str = Field(
+        "text",
+        pattern=r"^(text|json)$",
+        description=(
+            "Log lines of the API and the workers: `text`, or `json` (one object a line: "
+            "time, level, logger, message, and job_id, tenant and attempt when about a job)."
+        ),
+    )
+    otel: bool = Field(
+        False,
+        description=(
+            "Trace the API's requests and the workers' tasks with OpenTelemetry, one trace "
+            "from a job's submission to its task (needs `pip install 'nnkgeo[otel]'`)."
+        ),
+    )
+    otel_exporter: str = Field(
+        "console",
+        pattern=r"^(console|otlp|file:.+)$",
+        description=(
+            "Where spans go with OTEL: `console` (standard output), `file:<path>` (JSON "
+            "lines), or `otlp` (configured by the OTEL_EXPORTER_OTLP_* variables)."
+        ),
     )
     data_roots: str = Field(
         "",
@@ -376,9 +425,11 @@ def load_settings() -> Settings:
         for item in error.errors():
             name = ".".join(str(part) for part in item["loc"])
             prefix = f"NNKGEO_{name.upper()}: " if name else ""
-            problems.append(f"  - {prefix}{item['msg'].removeprefix('Value error, ')}")
+            problems.append(f"{prefix}{item['msg'].removeprefix('Value error, ')}")
         raise ConfigurationError(
-            "nnkgeo refuses to start with these settings:\n" + "\n".join(problems)
+            "nnkgeo refuses to start with these settings:\n"
+            + "\n".join(f"  - {problem}" for problem in problems),
+            problems=problems,
         ) from None
 
 

@@ -24,8 +24,13 @@ import api_schemas
 from api_schemas import Problem
 from jobstate.blobs import open_blob_store
 from jobstate.dispatch import create_celery_app, message_sender, queue_for
-from jobstate.settings import Settings, get_settings
+from jobstate.settings import (
+    Settings,
+    get_settings,
+    refuse_to_start_on_configuration_error,
+)
 from jobstate.store import Store
+from jobstate.telemetry.setup import configure_api, configure_api_logging
 from jobstate.webhooks import WebhookPolicy
 from service.auth import ApiKeyring
 from service.body_limit import BodySizeLimitMiddleware
@@ -89,7 +94,7 @@ def _problem_only_openapi(app: FastAPI) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level)
+    configure_api_logging(settings)
     keyring = ApiKeyring.from_settings(settings)
     celery = create_celery_app(settings)
     # The store writes each message a job calls for (its analyze_sets; the webhook of a
@@ -163,6 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.openapi = lambda: _problem_only_openapi(app)  # type: ignore[method-assign]
+    # NNKGEO_OTEL: a span per request, carried into the messages the API sends.
+    configure_api(app, settings)
     logger.info(
         "nnkgeo API %s: schema %s, tenants %s",
         API_VERSION,
@@ -172,4 +179,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+# One line per setting at fault on stderr, and exit code 2, instead of a traceback.
+with refuse_to_start_on_configuration_error("API"):
+    app = create_app()

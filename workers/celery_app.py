@@ -26,12 +26,17 @@ import sys
 from celery.signals import celeryd_after_setup, worker_process_init
 
 from jobstate.dispatch import create_celery_app
-from jobstate.settings import get_settings
+from jobstate.settings import get_settings, refuse_to_start_on_configuration_error
+from jobstate.telemetry.setup import configure_worker
 from workers.reaper import ReaperStep
 
 logger = logging.getLogger(__name__)
 
-app = create_celery_app(get_settings(), include=["workers.tasks", "workers.webhooks"])
+# A misconfigured worker says what to fix (a line per setting, exit code 2), no traceback.
+with refuse_to_start_on_configuration_error("worker"):
+    app = create_celery_app(get_settings(), include=["workers.tasks", "workers.webhooks"])
+    # NNKGEO_LOG_FORMAT and NNKGEO_OTEL: log lines that name their job, traced tasks.
+    configure_worker(get_settings())
 # Every worker runs the reaper of expired leases and the outbox's dispatcher (one acts at
 # a time; workers.reaper).
 app.steps["worker"].add(ReaperStep)

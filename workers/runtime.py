@@ -54,6 +54,21 @@ def _limit_cpu_threads(threads: int | None) -> None:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
+def limit_torch_threads(threads: int | None) -> None:
+    """Give torch the worker's thread limit; called by a model job before it loads torch.
+
+    A CPU worker imports torch only for embed and study jobs (``workers.models`` resolves
+    its names lazily), after :func:`_limit_cpu_threads` ran at start-up; without this, a
+    model job would train on every core of the host, and its losses would differ in the
+    last bits from a run with the configured threads.
+    """
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def worker_runtime() -> WorkerRuntime:
     """This process's store and blob store.
 

@@ -26,13 +26,20 @@ from jobstate.memory_budget import estimate_set_memory, plan_solve
 from jobstate.records import JobRecord, utc_now
 from jobstate.retention import sweep_expired_graphs
 from jobstate.store import ClaimOutcome, Lease, new_claim_token
+from jobstate.telemetry.logs import bind_job
+from workers.comparison_jobs import add_job_sections
 from workers.geometry import EmbeddingSet, analyze
 from workers.inputs import load_set
 from workers.leases import holding_lease
 from workers.model_jobs import add_study_section, build_model_job_sets
 from workers.outcomes import ending_job_on_error, memory_problem, succeed, worker_lost_problem
 from workers.progress import MODEL_PROGRESS_SHARE, JobProgressReporter, progress_share
-from workers.runtime import WorkerRuntime, model_sandbox_policy, worker_runtime
+from workers.runtime import (
+    WorkerRuntime,
+    limit_torch_threads,
+    model_sandbox_policy,
+    worker_runtime,
+)
 from workers.sharded import fan_out, plan_sets
 from workers.sharding import needs_sharding
 
@@ -83,6 +90,7 @@ def run_job(job_id: str, tenant: str) -> None:
                 n_threads=runtime.threads,
                 memory_budget_bytes=runtime.settings.memory_planning_budget_bytes,
             )
+            analysis = add_job_sections(runtime, job, analysis, sets=sets)
             succeed(runtime, job, analysis, attempt=attempt, sets=sets)
     finally:
         if fanned_out:
@@ -158,6 +166,8 @@ def _claim(runtime: WorkerRuntime, job_id: str, tenant: str) -> tuple[JobRecord,
             )
             return None
     assert claim.lease is not None
+    # The task's log records name the job from its message; the attempt is known only now.
+    bind_job(attempt=claim.attempt)
     logger.info("job %s of %s: attempt %d", job_id, tenant, claim.attempt)
     return job, claim.attempt, claim.lease
 
@@ -206,6 +216,7 @@ def _run_model_job(runtime: WorkerRuntime, job: JobRecord, *, attempt: int) -> N
     Never sharded: its sets exist only in this process, and training dominates anyway.
     """
     progress = JobProgressReporter(runtime.store, job, attempt=attempt)
+    limit_torch_threads(runtime.threads)
     sets = build_model_job_sets(
         job.spec,
         locate_blob=runtime.blobs.path_of,
