@@ -7,9 +7,12 @@ Webhooks scheme the service signs its events with is part of the contract too
 (:mod:`api_schemas.webhooks`).
 """
 
-from api_schemas.datasets import ArrayInfo, DatasetOut, DatasetRef
+from api_schemas.datasets import ArrayInfo, DatasetList, DatasetOut, DatasetRef
 from api_schemas.health import Health, Readiness
 from api_schemas.jobs import (
+    CompareSpec,
+    DriftSetSpec,
+    DriftSpec,
     EmbeddingSetSpec,
     JobCreate,
     JobLinks,
@@ -42,10 +45,14 @@ __all__ = [
     "AnalysisParams",
     "ArrayInfo",
     "ClassMetrics",
+    "CompareSpec",
     "Comparison",
+    "DatasetList",
     "DatasetOut",
     "DatasetRef",
     "DegreeStats",
+    "DriftSetSpec",
+    "DriftSpec",
     "EmbeddingSetSpec",
     "GraphStats",
     "Health",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from api_schemas.base import RequestModel, ResponseModel
 
@@ -50,3 +50,25 @@ class DatasetRef(RequestModel):
 
     dataset: str = Field(min_length=1, max_length=128)
     array: str | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_bare_id(cls, value: Any) -> Any:
+        # A dataset id where the object belongs is the commonest slip; pydantic's own
+        # "valid dictionary or object" names neither the shape nor the id.
+        if isinstance(value, str):
+            raise ValueError(
+                "a dataset reference is an object, not a bare id: pass "
+                f'{{"dataset": "{value[:128]}", "array": "NAME"}} ("array" may be left out '
+                "when the dataset holds one array)"
+            )
+        return value
+
+
+class DatasetList(ResponseModel):
+    """One page of the tenant's datasets, newest first."""
+
+    items: list[DatasetOut]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= to get the next (older) page; null on the last."
+    )

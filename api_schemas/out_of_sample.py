@@ -14,7 +14,7 @@ from api_schemas.base import ResponseModel
 
 
 class OutOfSampleError(ResponseModel):
-    """Error rates of the four prediction rules of DESIGN section 2 on the query points."""
+    """Error rates of the four prediction rules of docs/ALGORITHM.md on the query points."""
 
     nnk_weighted: float
     nnk_unweighted: float

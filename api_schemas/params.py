@@ -21,6 +21,9 @@ BaselineName = Literal["linear_probe"]
 # recall is 1.
 APPROXIMATE_KNN_FROM = 200_000
 
+# Most kNN candidates per point the engine accepts (the bound of `k`, named in its message).
+MAX_K = 1024
+
 
 def resolve_knn(
     knn: KnnChoice, n_points: int, *, approximate_from: int = APPROXIMATE_KNN_FROM
@@ -57,7 +60,15 @@ class ReportedParams(BaseModel):
     # this class otherwise (Report's validator of `params`).
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    k: int = Field(50, ge=1, le=1024, description="Number of kNN candidates per point.")
+    k: int = Field(
+        50,
+        ge=1,
+        le=MAX_K,
+        description=(
+            f"Number of kNN candidates per point: at most {MAX_K}, and less than the number "
+            "of points of every set."
+        ),
+    )
     kernel: Literal["cosine", "gaussian"] = Field(
         "cosine", description="Similarity kernel; both satisfy K(x, x) = 1."
     )
@@ -116,6 +127,19 @@ class ReportedParams(BaseModel):
             "default so that the default analysis stays as fast as the engine."
         ),
     )
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_within_max(cls, k: object) -> object:
+        # Before pydantic's own bound, whose "less than or equal to 1024" says neither
+        # what 1024 is nor that k must also stay below each set's number of points.
+        if isinstance(k, int | float) and not isinstance(k, bool) and k > MAX_K:
+            raise ValueError(
+                f"k={k:g} is more than {MAX_K}, the most kNN candidates per point nnkgeo "
+                f"solves for; use k <= {MAX_K} (and k less than the number of points N of "
+                "every set)"
+            )
+        return k
 
     @model_validator(mode="after")
     def _sigma_only_for_gaussian(self) -> ReportedParams:

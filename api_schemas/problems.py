@@ -8,7 +8,14 @@ from api_schemas.base import ResponseModel
 
 
 class FieldError(ResponseModel):
-    field: str = Field(description="Dotted path of the offending field or parameter.")
+    field: str = Field(
+        description=(
+            "Path of the offending field or parameter: members joined by dots, list items "
+            "in brackets, a set by its name (`sets[layer4].embeddings.dataset`, "
+            "`study.seeds[0]`), a query or header parameter as `query.limit`, the file of "
+            "an upload as `file`."
+        )
+    )
     message: str = Field(description="What is wrong and how to fix it.")
 
 

@@ -98,7 +98,8 @@ class ApiKeyring:
         if problems:
             raise ConfigurationError(
                 "nnkgeo refuses to start with these API keys:\n"
-                + "\n".join(f"  - {problem}" for problem in problems)
+                + "\n".join(f"  - {problem}" for problem in problems),
+                problems=problems,
             )
         if settings.allow_anonymous:
             logger.warning(

@@ -13,11 +13,18 @@ against the declared or streamed length before the file is kept, and atomically 
 record is stored. Dataset records live until deleted, so instead of a TTL their size is
 capped: at most `MAX_ARRAYS_PER_UPLOAD` arrays, names of at most `MAX_ARRAY_NAME_CHARS`
 characters, `MAX_DATASET_RECORD_BYTES` of JSON in all (422 naming the file).
+
+CSV is refused wherever it shows (a CSV Content-Type, ``format=csv``, or CSV text that
+fails to parse as its declared format) with one problem that says how to convert it.
+A tenant's records are listed newest first through the store's per-tenant index; the
+cursor of a page is the position (creation ms and id) of its last record, so that a
+delete between two pages does not lose the place.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,14 +32,14 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from api_schemas.datasets import MODEL_FORMATS
+from api_schemas.datasets import MODEL_FORMATS, DatasetList
 from api_schemas.problems import FieldError
 from arrayfiles import ArrayFileError, ArrayTooLargeError, scan_arrays
 from jobstate.blobs import BlobStore, StagedBlob
 from jobstate.errors import InvalidInputError
 from jobstate.records import DATASET_ID_PATTERN, DatasetRecord, StoredArray, utc_now
 from jobstate.retention import remove_blob_if_unreferenced
-from jobstate.store import Store, StoredBytesQuotaError
+from jobstate.store import DatasetPosition, Store, StoredBytesQuotaError
 from modelcheck import ModelRefusedError, check_model_file
 from service.auth import Tenant
 from service.errors import ProblemError, invalid_input, not_found
@@ -45,6 +52,83 @@ _WRITE_BLOCK_BYTES = 1 << 20
 MAX_ARRAYS_PER_UPLOAD = 1024
 MAX_ARRAY_NAME_CHARS = 256
 MAX_DATASET_RECORD_BYTES = 1024**2
+
+# A listing's cursor: the creation time (unix ms) and id of the last dataset of its page.
+_CURSOR_PATTERN = re.compile(r"^(?P<ms>[0-9]{1,16})\.(?P<id>ds_[0-9a-f]{32})$")
+
+
+def dataset_cursor(position: DatasetPosition) -> str:
+    """The text of a listing's `next_cursor`."""
+    return f"{position.created_ms}.{position.dataset_id}"
+
+
+def parse_dataset_cursor(cursor: str) -> DatasetPosition:
+    """The position a `next_cursor` names; 422 (``query.cursor``) for any other text."""
+    matched = _CURSOR_PATTERN.match(cursor)
+    if matched is None:
+        raise invalid_input(
+            [
+                FieldError(
+                    field="query.cursor",
+                    message="not a cursor this API returned; pass the `next_cursor` of the "
+                    "previous page, or leave it out for the first page",
+                )
+            ]
+        )
+    return DatasetPosition(created_ms=int(matched["ms"]), dataset_id=matched["id"])
+
+
+# How a CSV file becomes an upload: one line of numpy, or pandas to parquet.
+CSV_CONVERSION = (
+    "convert it first, e.g. `python -c \"import numpy as np; np.save('x.npy', "
+    "np.loadtxt('x.csv', delimiter=',', dtype=np.float32))\"` (labels: dtype=np.int64) "
+    "and upload x.npy, or `pandas.read_csv('x.csv').to_parquet('x.parquet')` and upload "
+    "x.parquet"
+)
+CSV_MEDIA_TYPES = frozenset(
+    {"text/csv", "application/csv", "text/tab-separated-values", "text/comma-separated-values"}
+)
+CSV_FORMAT_NAMES = frozenset({"csv", "tsv", "txt"})
+# Enough of a file to tell CSV text from the binary formats, whose first bytes are magic.
+_CSV_SNIFF_BYTES = 4096
+_CSV_CHARACTERS = frozenset(b"0123456789.,;\t +-eE\r\nnaNAinfIF\"'_")
+
+
+def csv_not_supported(*, status: int, field: str, got: str) -> ProblemError:
+    """The answer to a CSV upload (by Content-Type, by format, or by its bytes)."""
+    message = f"CSV is not supported ({got}); {CSV_CONVERSION}"
+    return ProblemError(
+        status,
+        f"{field}: {message}.",
+        slug="csv-not-supported",
+        title="CSV is not supported",
+        errors=[FieldError(field=field, message=message)],
+    )
+
+
+def looks_like_csv(head: bytes) -> bool:
+    """True for lines of numbers separated by commas, semicolons or tabs.
+
+    A first line of column names is allowed. Only called on a file that failed to parse
+    as its declared format, to say what it is instead.
+    """
+    lines = head.splitlines()
+    if len(head) >= _CSV_SNIFF_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # cut short at the sniffing limit
+    if lines and not set(lines[0]) <= _CSV_CHARACTERS:
+        try:
+            header_is_text = lines[0].decode("utf-8").isprintable()
+        except UnicodeDecodeError:
+            header_is_text = False
+        if not header_is_text:
+            return False
+        lines = lines[1:]
+    return (
+        bool(lines)
+        and all(set(line) <= _CSV_CHARACTERS for line in lines)
+        and any(separator in lines[0] for separator in (b",", b";", b"\t"))
+        and any(48 <= byte <= 57 for line in lines for byte in line)  # a digit
+    )
 
 
 @dataclass(frozen=True)
@@ -235,6 +319,8 @@ class DatasetService:
         dataset_id = dataset_id_for(tenant=tenant.name, sha256=staged.sha256, fmt=fmt)
         existing = self._store.get_dataset(tenant.name, dataset_id)
         if existing is not None:
+            # A record stored before the dataset index existed gets its entry now.
+            self._store.index_dataset(existing)
             return Upload(dataset=existing, created=False)
         record = DatasetRecord(
             id=dataset_id,
@@ -287,6 +373,12 @@ class DatasetService:
         except ArrayTooLargeError as error:
             raise array_too_large(error) from None
         except ArrayFileError as error:
+            with staged.path.open("rb") as file:
+                head = file.read(_CSV_SNIFF_BYTES)
+            if looks_like_csv(head):
+                raise csv_not_supported(
+                    status=422, field="file", got=f"the file is CSV text, not {fmt}"
+                ) from None
             raise InvalidInputError(error.field, error.message) from None
         described = []
         for array in scanned:
@@ -302,6 +394,15 @@ class DatasetService:
                 )
             )
         return described
+
+    def list(self, *, tenant: Tenant, limit: int, cursor: str | None) -> DatasetList:
+        """One page of the tenant's datasets, newest first (by their first upload)."""
+        after = parse_dataset_cursor(cursor) if cursor is not None else None
+        records, next_position = self._store.list_datasets(tenant.name, limit=limit, after=after)
+        return DatasetList(
+            items=[record.to_out() for record in records],
+            next_cursor=dataset_cursor(next_position) if next_position is not None else None,
+        )
 
     def get(self, *, tenant: Tenant, dataset_id: str) -> DatasetRecord:
         record = (

@@ -9,6 +9,7 @@ into a 500 problem that says nothing about the internals.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -20,12 +21,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_schemas import Problem
+from api_schemas.jobs import SET_NAME_PATTERN
 from api_schemas.problems import FieldError
 from jobstate.data_paths import PathNotAllowedError
 from jobstate.errors import InvalidInputError
 from jobstate.problems import problem_type
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+SET_NAME = re.compile(SET_NAME_PATTERN)
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +118,44 @@ def problem_response(problem: Problem, *, headers: Mapping[str, str] | None = No
     )
 
 
-def _field_path(location: Sequence[Any]) -> str:
-    # FastAPI locates errors as ("body", "sets", 0, "k"); clients read "sets.0.k", and a
-    # query or header parameter as "query.limit".
-    parts = [str(part) for part in location]
+def field_path(location: Sequence[Any], body: Any = None) -> str:
+    """The one style every problem names a field in: members joined by dots, list items
+    in brackets, a set by its name.
+
+    FastAPI locates errors as ``("body", "sets", 0, "k")``; this gives ``sets[a].k`` when
+    the request's set 0 is named ``a`` (as the checks that know only names write it:
+    ``jobstate.checks``), ``sets[0].k`` when it has no valid name, ``study.seeds[1]`` for
+    other list items, and ``query.limit`` for a query or header parameter.
+
+    Parameters
+    ----------
+    location
+        The error's ``loc``.
+    body
+        The request body as parsed JSON, to read set names from (None: use indices).
+    """
+    parts = list(location)
     if parts and parts[0] == "body":
         parts = parts[1:]
-    return ".".join(parts) or "body"
+    path = ""
+    node = body
+    for part in parts:
+        item = node[part] if _holds(node, part) else None
+        if isinstance(part, int):
+            name = item.get("name") if isinstance(item, dict) else None
+            in_sets = path == "sets" or path.endswith(".sets")
+            named = in_sets and isinstance(name, str) and SET_NAME.match(name)
+            path += f"[{name if named else part}]"
+        else:
+            path += f".{part}" if path else str(part)
+        node = item
+    return path or "body"
+
+
+def _holds(node: Any, part: Any) -> bool:
+    if isinstance(part, int):
+        return isinstance(node, list) and 0 <= part < len(node)
+    return isinstance(node, dict) and part in node
 
 
 def _validation_message(error: Mapping[str, Any]) -> str:
@@ -131,8 +165,11 @@ def _validation_message(error: Mapping[str, Any]) -> str:
         return "unknown field; remove it (see the schema at /openapi.json)"
     if error.get("type") == "missing":
         return "required; add it"
-    if "expected" in context and "expected" not in message:
-        message = f"{message} (expected {context['expected']})"
+    # Pydantic's message of an enum or literal already lists the allowed values, which
+    # are also its context's "expected": add them only where the message lacks them.
+    expected = context.get("expected")
+    if expected is not None and str(expected) not in message and "expected" not in message:
+        message = f"{message} (expected {expected})"
     return message
 
 
@@ -166,8 +203,9 @@ async def _handle_request_validation(request: Request, error: Exception) -> JSON
             errors=[FieldError(field="body", message=f"{reason} at character {position}")],
         )
         return problem_response(problem.to_problem(instance=request.url.path))
+    body = getattr(error, "body", None)
     field_errors = [
-        FieldError(field=_field_path(item.get("loc", ())), message=_validation_message(item))
+        FieldError(field=field_path(item.get("loc", ()), body), message=_validation_message(item))
         for item in details
     ]
     problem = invalid_input(field_errors).to_problem(instance=request.url.path)
@@ -231,7 +269,7 @@ _PROBLEM_DESCRIPTIONS = {
         "The body is too large: an upload past NNKGEO_MAX_UPLOAD_BYTES or the tenant's "
         "NNKGEO_TENANT_MAX_STORED_BYTES, any other body past NNKGEO_MAX_JSON_BYTES."
     ),
-    415: "Wrong Content-Type.",
+    415: "Wrong Content-Type (a CSV upload's problem says how to convert it).",
     422: "Invalid input; `errors` names each field and what to fix.",
     429: (
         "The tenant has NNKGEO_TENANT_MAX_ACTIVE_JOBS jobs queued or running; retry after "

@@ -49,6 +49,13 @@ from jobstate.store import CancelOutcome, Store, WebhookDelivery
 from jobstate.version import ALGORITHM_VERSION
 from jobstate.webhooks import WebhookPolicy, webhook_out
 from service.auth import Tenant
+from service.comparison_jobs import (
+    as_named,
+    compare_errors,
+    comparison_params,
+    named_sets,
+    resolve_current,
+)
 from service.errors import ProblemError, invalid_input, not_found
 from service.html import read_report_page
 from service.model_jobs import resolve_model_job
@@ -106,6 +113,14 @@ def cache_key_for(spec: JobSpec) -> str:
         "params": spec.params.model_dump(mode="json"),
         "sets": [set_content(s) for s in spec.sets],
     }
+    # Only compare and drift jobs name these, so the keys of other jobs are unchanged.
+    if spec.compare:
+        content["compare"] = True
+    if spec.drift is not None:
+        content["drift"] = {
+            "current": set_content(spec.drift.current),
+            "threshold": spec.drift.threshold,
+        }
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
 
@@ -364,7 +379,7 @@ class JobService:
 
     def _resolve(self, tenant: Tenant, request: JobCreate) -> JobSpec:
         """Turn dataset references into exact blobs and arrays, checking all of them."""
-        if request.kind != "sets":
+        if request.kind in ("embed", "study"):
             return resolve_model_job(
                 request,
                 store=self._store,
@@ -374,7 +389,7 @@ class JobService:
             )
         errors: list[FieldError] = []
         datasets: dict[str, DatasetRecord | None] = {}
-        params = request.params
+        params = comparison_params(request)
         sets: list[SetInput] = []
 
         def resolve(ref: DatasetRef | None, field: str) -> tuple[ArrayInput, StoredArray] | None:
@@ -416,8 +431,7 @@ class JobService:
             )
             return resolved, stored
 
-        for set_spec in request.sets or ():
-            where = f"sets[{set_spec.name}]"
+        for where, set_spec in named_sets(request):
             embeddings = resolve(set_spec.embeddings, f"{where}.embeddings")
             labels = resolve(set_spec.labels, f"{where}.labels")
             ids = resolve(set_spec.ids, f"{where}.ids")
@@ -466,7 +480,8 @@ class JobService:
                             field=f"{where}.query.embeddings",
                         )
             except InvalidInputError as error:
-                errors.append(FieldError(field=error.field, message=error.message))
+                field_name = as_named(error.field, set_spec.name, where)
+                errors.append(FieldError(field=field_name, message=error.message))
                 continue
             if params.kernel == "cosine" and embeddings[1].zero_rows:
                 stored = embeddings[1]
@@ -505,9 +520,21 @@ class JobService:
                     query_labels=query_labels[0] if query_labels else None,
                 )
             )
+        drift = None
+        if request.drift is not None:
+            drift = resolve_current(
+                request.drift,
+                reference_resolved=bool(sets),
+                resolve=resolve,
+                params=params,
+                memory=self._memory,
+                errors=errors,
+            )
+        if request.compare is not None and len(sets) == 2:
+            errors.extend(compare_errors(request.compare, resolve=resolve))
         if errors:
             raise invalid_input(errors)
-        return JobSpec(sets=sets, params=params)
+        return JobSpec(sets=sets, params=params, compare=request.compare is not None, drift=drift)
 
     # Reading and cancelling -------------------------------------------------------------
 

@@ -25,7 +25,12 @@ from redis.retry import Retry
 
 from jobstate.settings import Settings
 from jobstate.store.attempts import AttemptMemory, AttemptMemoryStore
-from jobstate.store.datasets import DatasetDeletion, DatasetStore, StoredBytesQuotaError
+from jobstate.store.datasets import (
+    DatasetDeletion,
+    DatasetPosition,
+    DatasetStore,
+    StoredBytesQuotaError,
+)
 from jobstate.store.idempotency import (
     IDEMPOTENCY_IN_FLIGHT_TTL_S,
     IdempotencyStore,
@@ -85,6 +90,7 @@ __all__ = [
     "Claim",
     "ClaimOutcome",
     "DatasetDeletion",
+    "DatasetPosition",
     "DurationHistogram",
     "IdempotentRequest",
     "JobMetrics",

@@ -7,6 +7,12 @@ they are used in a key.
     t:{t}:dataset:{id}            string, DatasetRecord JSON; no TTL (lives until DELETE),
                                   so its size is capped instead (`service.datasets`)
     t:{t}:dataset:{id}:jobs       set of unfinished job ids reading the dataset (DELETE -> 409)
+    t:{t}:datasets                zset dataset id -> unix ms of its record's created_at: the
+                                  tenant's datasets newest first (GET /v1/datasets); no TTL,
+                                  written and cleared with the records (a member whose record
+                                  is gone is dropped when a listing meets it)
+    t:{t}:datasets:backfilled     string "1" once records stored before that index existed
+                                  were indexed (by the tenant's first listing); no TTL
     blob:{sha}:datasets           set of "{t}/{id}" dataset records holding blob {sha}
     blobs:graphs                  zset derived blob sha -> unix time its last reference expires
                                   (graphs, report-page maps, and the block files of
@@ -75,6 +81,16 @@ def dataset_key(tenant: str, dataset_id: str) -> str:
 def dataset_pins_key(tenant: str, dataset_id: str) -> str:
     """The unfinished jobs reading a dataset (its pins)."""
     return f"{PREFIX}t:{tenant}:dataset:{dataset_id}:jobs"
+
+
+def dataset_index_key(tenant: str) -> str:
+    """The tenant's dataset ids, scored by creation time (unix ms)."""
+    return f"{PREFIX}t:{tenant}:datasets"
+
+
+def dataset_index_backfilled_key(tenant: str) -> str:
+    """Set once the tenant's records older than its dataset index were indexed."""
+    return f"{PREFIX}t:{tenant}:datasets:backfilled"
 
 
 def blob_datasets_key(sha256: str) -> str:

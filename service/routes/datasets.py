@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from starlette.requests import ClientDisconnect
 
-from api_schemas import DatasetOut
+from api_schemas import DatasetList, DatasetOut
 from api_schemas.datasets import DatasetFormat
+from service.datasets import CSV_FORMAT_NAMES, CSV_MEDIA_TYPES, csv_not_supported
 from service.deps import CurrentTenant, DatasetServiceDep
 from service.errors import (
     ProblemError,
@@ -42,6 +43,19 @@ def _declared_length(content_length: str | None) -> int | None:
         raise ProblemError(400, "Content-Length is not a number.") from None
 
 
+async def refuse_csv(request: Request, _: CurrentTenant) -> None:
+    """Say how to convert a CSV upload, before the generic answers to its Content-Type
+    (415) or its format (422) would; after authentication, like every other answer."""
+    content_type = request.headers.get("content-type")
+    if media_type_of(content_type) in CSV_MEDIA_TYPES:
+        raise csv_not_supported(
+            status=415, field="header.Content-Type", got=f"Content-Type: {content_type}"
+        )
+    fmt = request.query_params.get("format")
+    if fmt is not None and fmt.strip().lower() in CSV_FORMAT_NAMES:
+        raise csv_not_supported(status=422, field="query.format", got=f"format={fmt}")
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -56,8 +70,10 @@ def _declared_length(content_length: str | None) -> int | None:
         "(`torch.export.save`). They list no arrays; each is read here as data, never "
         "loaded, and refused (422 naming the op and where it is) when it calls anything "
         "outside the op allow-list; the worker runs it only in its sandbox. Weights for a "
-        "built-in family are `format=safetensors`."
+        "built-in family are `format=safetensors`. CSV is not accepted (a problem says "
+        "how to convert it to npy or parquet)."
     ),
+    dependencies=[Depends(refuse_csv)],
     responses={
         200: {"model": DatasetOut, "description": "These bytes were uploaded before."},
         **problem_responses(400, 401, 413, 415, 422),
@@ -89,6 +105,28 @@ async def upload_dataset(
     response.status_code = status.HTTP_201_CREATED if upload.created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/datasets/{upload.dataset.id}"
     return upload.dataset.to_out()
+
+
+@router.get(
+    "",
+    response_model=DatasetList,
+    summary="The tenant's datasets, newest first",
+    description=(
+        "Pages of at most `limit` datasets, the most recently uploaded first (a repeated "
+        "upload of the same bytes keeps its first place); pass `next_cursor` as `cursor` "
+        "for the next page, until it is null."
+    ),
+    responses=problem_responses(401, 422),
+)
+def list_datasets(
+    tenant: CurrentTenant,
+    datasets: DatasetServiceDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Datasets per page.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> DatasetList:
+    return datasets.list(tenant=tenant, limit=limit, cursor=cursor or None)
 
 
 @router.get(

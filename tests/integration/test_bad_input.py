@@ -78,7 +78,66 @@ def test_invalid_upload_is_refused_without_leaving_a_file(
 
 
 def test_unknown_format_is_refused(alpha: httpx.Client, no_leftovers: None) -> None:
-    assert_problem(upload(alpha, npy_bytes(_points), fmt="csv"), 422, field="query.format")
+    problem = assert_problem(upload(alpha, npy_bytes(_points), fmt="xlsx"), 422)
+
+    assert [error["field"] for error in problem["errors"]] == ["query.format"]
+    # The allowed formats are listed, once.
+    assert problem["errors"][0]["message"].count("'npz'") == 1, problem
+
+
+_CSV_TEXT = "\n".join(",".join(f"{value:.4f}" for value in row) for row in _points).encode()
+
+
+def _assert_csv_hint(problem: dict, field: str) -> None:
+    assert [error["field"] for error in problem["errors"]] == [field], problem
+    message = problem["errors"][0]["message"]
+    assert "CSV is not supported" in message, message
+    assert "np.loadtxt('x.csv', delimiter=','" in message and "upload x.npy" in message, message
+    assert "to_parquet" in message, message
+    assert problem["type"].endswith("csv-not-supported"), problem
+
+
+@pytest.mark.parametrize("content_type", ["text/csv", "text/csv; charset=utf-8", "application/csv"])
+def test_csv_by_content_type_is_answered_with_how_to_convert_it(
+    alpha: httpx.Client, no_leftovers: None, content_type: str
+) -> None:
+    response = alpha.post(
+        "/v1/datasets?format=npy", content=_CSV_TEXT, headers={"Content-Type": content_type}
+    )
+
+    _assert_csv_hint(assert_problem(response, 415), "header.Content-Type")
+
+
+def test_csv_with_no_format_is_answered_with_how_to_convert_it(
+    alpha: httpx.Client, no_leftovers: None
+) -> None:
+    response = alpha.post("/v1/datasets", content=_CSV_TEXT, headers={"Content-Type": "text/csv"})
+
+    _assert_csv_hint(assert_problem(response, 415), "header.Content-Type")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "CSV", "tsv"])
+def test_csv_by_format_is_answered_with_how_to_convert_it(
+    alpha: httpx.Client, no_leftovers: None, fmt: str
+) -> None:
+    _assert_csv_hint(assert_problem(upload(alpha, _CSV_TEXT, fmt=fmt), 422), "query.format")
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "parquet", "safetensors"])
+def test_csv_bytes_sent_as_another_format_are_recognised(
+    alpha: httpx.Client, no_leftovers: None, fmt: str
+) -> None:
+    with_header = b"f0,f1,f2,f3,f4,f5,f6,f7\n" + _CSV_TEXT
+
+    _assert_csv_hint(assert_problem(upload(alpha, with_header, fmt=fmt), 422), "file")
+
+
+def test_csv_hint_needs_a_key_first(stack: ServiceStack) -> None:
+    with stack.client(None) as anonymous:
+        response = anonymous.post(
+            "/v1/datasets?format=csv", content=_CSV_TEXT, headers={"Content-Type": "text/csv"}
+        )
+    assert_problem(response, 401)
 
 
 def test_missing_format_is_refused(alpha: httpx.Client, no_leftovers: None) -> None:
@@ -143,6 +202,7 @@ SUBMIT_CORPUS: dict[str, tuple[Callable[[], dict[str, np.ndarray]], dict, str]] 
         "labels",
     ),
     "k-equals-n": (lambda: {"embeddings": _points}, {"k": 50}, "params.k"),
+    "k-above-n": (lambda: {"embeddings": _points}, {"k": 51}, "params.k"),
     "zero-rows-under-cosine": (
         lambda: {"embeddings": np.vstack([_points, np.zeros((2, 8), np.float32)])},
         {"k": 5},
@@ -189,6 +249,92 @@ def test_npz_with_several_arrays_needs_an_array_name(alpha: httpx.Client) -> Non
     wait_for_status(alpha, named.json()["id"])
 
 
+@pytest.mark.parametrize("k", [50, 64])
+def test_k_not_below_the_number_of_points_says_so_and_gives_n(
+    alpha: httpx.Client, small_set: str, k: int
+) -> None:
+    problem = assert_problem(submit(alpha, job_body(small_set, name="pts", k=k)), 422)
+
+    assert [error["field"] for error in problem["errors"]] == ["params.k"]
+    message = problem["errors"][0]["message"]
+    assert "number of points (50)" in message and "k <= 49" in message, message
+    assert "1024" not in message, message
+
+
+def test_k_above_the_largest_supported_names_the_bound(alpha: httpx.Client, small_set: str) -> None:
+    problem = assert_problem(submit(alpha, job_body(small_set, name="pts", k=5000)), 422)
+
+    assert [error["field"] for error in problem["errors"]] == ["params.k"]
+    message = problem["errors"][0]["message"]
+    assert "k=5000 is more than 1024, the most kNN candidates per point" in message, message
+    assert "use k <= 1024" in message and "number of points" in message, message
+    assert message.count("1024") == 2, message
+
+
+def test_a_bare_dataset_id_is_answered_with_the_object_to_send(alpha: httpx.Client) -> None:
+    body = {"sets": [{"name": "emb", "embeddings": "ds_abc", "labels": "ds_lbl"}]}
+
+    problem = assert_problem(submit(alpha, body), 422)
+
+    by_field = {error["field"]: error["message"] for error in problem["errors"]}
+    assert set(by_field) == {"sets[emb].embeddings", "sets[emb].labels"}, problem
+    assert '{"dataset": "ds_abc", "array": "NAME"}' in by_field["sets[emb].embeddings"]
+    assert '{"dataset": "ds_lbl", "array": "NAME"}' in by_field["sets[emb].labels"]
+    assert "valid dictionary" not in problem["detail"], problem
+
+
+def test_an_allowed_value_list_is_given_once(alpha: httpx.Client, small_set: str) -> None:
+    body = job_body(small_set, name="pts", kernel="linear", knn="fuzzy")
+
+    problem = assert_problem(submit(alpha, body), 422)
+
+    by_field = {error["field"]: error["message"] for error in problem["errors"]}
+    assert set(by_field) == {"params.kernel", "params.knn"}, problem
+    assert by_field["params.kernel"].count("'gaussian'") == 1, by_field
+    assert by_field["params.knn"].count("'approximate'") == 1, by_field
+    assert problem["detail"].count("'gaussian'") == 1, problem
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        # Pydantic's errors and the service's checks name a set the same way: by its name.
+        (
+            {"sets": [{"name": "a", "embeddings": {"dataset": ""}}]},
+            ["sets[a].embeddings.dataset"],
+        ),
+        (
+            {"sets": [{"name": "a", "embeddings": {"dataset": "ds_nope"}}]},
+            ["sets[a].embeddings.dataset"],
+        ),
+        (
+            {
+                "sets": [
+                    {"name": "first", "embeddings": {"dataset": "ds_x"}},
+                    {"name": "second", "embeddings": {"dataset": "ds_x", "extra": 1}},
+                ]
+            },
+            ["sets[second].embeddings.extra"],
+        ),
+        # A set without a valid name is named by its position, in the same brackets.
+        ({"sets": [{"name": "../etc", "embeddings": {"dataset": "ds_x"}}]}, ["sets[0].name"]),
+        ({"sets": [{"embeddings": {"dataset": "ds_x"}}]}, ["sets[0].name"]),
+        (
+            {
+                "sets": [{"name": "a", "embeddings": {"dataset": "ds_x"}}],
+                "params": {"baselines": ["x"]},
+            },
+            ["params.baselines[0]"],
+        ),
+    ],
+    ids=["pydantic", "service", "second-set", "bad-name", "no-name", "list-item"],
+)
+def test_every_field_path_has_one_style(alpha: httpx.Client, body: dict, fields: list[str]) -> None:
+    problem = assert_problem(submit(alpha, body), 422)
+    assert [error["field"] for error in problem["errors"]] == fields, problem
+    assert problem["detail"].startswith(f"{fields[0]}: "), problem
+
+
 def test_gaussian_kernel_accepts_zero_rows(alpha: httpx.Client) -> None:
     points = np.vstack([_points, np.zeros((2, 8), np.float32)])
     response = submit(alpha, job_body(upload_array(alpha, points), kernel="gaussian", k=5))
@@ -218,7 +364,7 @@ def test_gaussian_kernel_accepts_zero_rows(alpha: httpx.Client) -> None:
             },
             "params",
         ),
-        ({"sets": [{"name": "../etc", "embeddings": {"dataset": "ds_x"}}]}, "sets.0.name"),
+        ({"sets": [{"name": "../etc", "embeddings": {"dataset": "ds_x"}}]}, "sets[0].name"),
         (
             {
                 "sets": [

@@ -24,6 +24,8 @@ JOB_ID = "j0001"
     [
         (store_keys.dataset_key(TENANT, "d1"), "nnkgeo:t:alpha:dataset:d1"),
         (store_keys.dataset_pins_key(TENANT, "d1"), "nnkgeo:t:alpha:dataset:d1:jobs"),
+        (store_keys.dataset_index_key(TENANT), "nnkgeo:t:alpha:datasets"),
+        (store_keys.dataset_index_backfilled_key(TENANT), "nnkgeo:t:alpha:datasets:backfilled"),
         (store_keys.blob_datasets_key("ab" * 32), f"nnkgeo:blob:{'ab' * 32}:datasets"),
         (store_keys.GRAPH_BLOBS_KEY, "nnkgeo:blobs:graphs"),
         (store_keys.blob_lock_key("ab" * 32), f"nnkgeo:lock:blob:{'ab' * 32}"),
