@@ -6,12 +6,16 @@ parsed :class:`~api_schemas.Problem` so that callers can read ``.problem.errors`
 offending fields) without parsing anything. A job that ends ``failed`` or ``canceled``
 while the client waits for it raises a :class:`JobError`, carrying the job and its problem.
 
+Advice is said in the caller's terms: an error's ``str()`` speaks to the Python caller
+(``pass url=...``), and :meth:`NNKGeoClientError.message_for` gives the same message as
+the ``nnkgeo`` command says it (``pass --url URL``), from the error's :class:`Hint`.
+
 Hierarchy::
 
     NNKGeoClientError
     ├── UsageError                the client was configured or called wrongly (no URL,
     │                             an unknown file format, an object it cannot upload)
-    ├── ServiceUnreachableError   connection errors, after the retries
+    ├── ServiceUnreachableError   connection errors (refused at once; others after retries)
     ├── JobTimeoutError           wait(timeout=...) ran out before the job finished
     └── NNKGeoHTTPError           .status, .problem
         ├── ValidationProblem     400, 413, 415, 422: the request or its input is invalid
@@ -27,7 +31,8 @@ Hierarchy::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from api_schemas import Problem
 
@@ -36,8 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "Caller",
     "ConflictError",
     "GoneError",
+    "Hint",
     "JobCanceledError",
     "JobError",
     "JobFailedError",
@@ -50,11 +57,74 @@ __all__ = [
     "UsageError",
     "ValidationProblem",
     "error_for_problem",
+    "problem_text",
 ]
+
+Caller: TypeAlias = Literal["python", "cli"]
+"""Who reads an error: a Python program (the client) or a person at the ``nnkgeo`` command."""
+
+
+@dataclass(frozen=True)
+class Hint:
+    """How to fix an error, once in each caller's terms.
+
+    Attributes
+    ----------
+    python : str
+        For the Python client: ``"pass url=... or set NNKGEO_URL"``.
+    cli : str
+        For the ``nnkgeo`` command: ``"pass --url URL or set NNKGEO_URL"``.
+    """
+
+    python: str
+    cli: str
+
+    def for_caller(self, caller: Caller) -> str:
+        """The advice in ``caller``'s terms."""
+        return self.cli if caller == "cli" else self.python
+
+
+API_KEY_HINT = Hint(
+    python="pass api_key=... or set NNKGEO_API_KEY",
+    cli="pass --api-key KEY or set NNKGEO_API_KEY",
+)
+
+# Advice the service words for HTTP callers, and how each client caller would say it.
+# The problem itself (``.problem``) keeps the service's words.
+_SERVICE_ADVICE: dict[str, Hint] = {
+    "upload it with POST /v1/datasets": Hint(
+        python="upload it with Client.upload",
+        cli="upload it with `nnkgeo upload FILE`",
+    ),
+    "Send your API key as `Authorization: Bearer <key>`.": Hint(
+        python=f"No API key was sent: {API_KEY_HINT.python}.",
+        cli=f"No API key was sent: {API_KEY_HINT.cli}.",
+    ),
+}
 
 
 class NNKGeoClientError(Exception):
-    """Base of every error the nnkgeo client raises."""
+    """Base of every error the nnkgeo client raises.
+
+    Parameters
+    ----------
+    reason : str
+        What is wrong.
+    hint : Hint, optional
+        How to fix it; ``str()`` appends its Python spelling, :meth:`message_for`
+        the spelling its caller needs.
+    """
+
+    def __init__(self, reason: str, *, hint: Hint | None = None) -> None:
+        self.reason = reason
+        self.hint = hint
+        super().__init__(self.message_for("python"))
+
+    def message_for(self, caller: Caller) -> str:
+        """The message, its advice in ``caller``'s terms (``str()`` is the Python one)."""
+        if self.hint is None:
+            return self.reason
+        return f"{self.reason}; {self.hint.for_caller(caller)}"
 
 
 class UsageError(NNKGeoClientError, ValueError):
@@ -62,15 +132,15 @@ class UsageError(NNKGeoClientError, ValueError):
 
 
 class ServiceUnreachableError(NNKGeoClientError, ConnectionError):
-    """The service could not be reached, or closed the connection, on every attempt."""
+    """The service could not be reached (refused at once; other failures after the retries)."""
 
 
 class JobTimeoutError(NNKGeoClientError, TimeoutError):
     """``wait`` gave up before the job finished; the job itself goes on running."""
 
-    def __init__(self, message: str, *, job: JobOut) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, *, job: JobOut, hint: Hint | None = None) -> None:
         self.job = job
+        super().__init__(reason, hint=hint)
 
 
 class NNKGeoHTTPError(NNKGeoClientError):
@@ -88,7 +158,11 @@ class NNKGeoHTTPError(NNKGeoClientError):
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.status = problem.status
-        super().__init__(_describe(problem))
+        super().__init__(problem.title)
+
+    def message_for(self, caller: Caller) -> str:
+        """See :meth:`NNKGeoClientError.message_for`."""
+        return f"{self.problem.status} {problem_text(self.problem, caller)}"
 
     @property
     def field_errors(self) -> dict[str, str]:
@@ -131,9 +205,17 @@ class JobError(NNKGeoHTTPError):
 class JobFailedError(JobError):
     """The job failed; ``.problem`` is the job's ``error`` (a 422-like one names the field)."""
 
+    def message_for(self, caller: Caller) -> str:
+        """``job ID failed: TITLE: DETAIL``: the job's problem, not an HTTP answer."""
+        return f"job {self.job.id} failed: {problem_text(self.problem, caller)}"
+
 
 class JobCanceledError(JobError):
     """The job was canceled before it finished."""
+
+    def message_for(self, caller: Caller) -> str:
+        """``job ID was canceled``."""
+        return f"job {self.job.id} was canceled"
 
 
 _ERROR_BY_STATUS: dict[int, type[NNKGeoHTTPError]] = {
@@ -155,10 +237,32 @@ def error_for_problem(problem: Problem) -> NNKGeoHTTPError:
     return _ERROR_BY_STATUS.get(problem.status, NNKGeoHTTPError)(problem)
 
 
-def _describe(problem: Problem) -> str:
-    message = f"{problem.status} {problem.title}"
+def problem_text(problem: Problem, caller: Caller = "python") -> str:
+    """A problem in one line: its title, its detail, and each field error not already said.
+
+    The service's detail of a 422 often lists its field errors already (``"params.k:
+    must be < N"``): each is said once. Advice worded for HTTP callers is said in
+    ``caller``'s terms.
+
+    Parameters
+    ----------
+    problem : Problem
+        The problem+json body.
+    caller : {"python", "cli"}, default "python"
+        Whose terms the advice is in.
+
+    Returns
+    -------
+    str
+        ``"TITLE: DETAIL; FIELD: MESSAGE; ..."``, without the status.
+    """
+    text = problem.title
     if problem.detail:
-        message += f": {problem.detail}"
+        text += f": {problem.detail}"
     for error in problem.errors or []:
-        message += f"; {error.field}: {error.message}"
-    return message
+        said = f"{error.field}: {error.message}"
+        if said not in text:
+            text += f"; {said}"
+    for service_words, hint in _SERVICE_ADVICE.items():
+        text = text.replace(service_words, hint.for_caller(caller))
+    return text

@@ -2,6 +2,7 @@
 
 - :mod:`~nnkgeo.cli.entry`: the parser and the dispatch (what :func:`main` runs);
 - :mod:`~nnkgeo.cli.local`: ``analyze`` and ``study``, the engine in-process;
+- :mod:`~nnkgeo.cli.compare`: ``compare`` and ``drift``, the engine in-process too;
 - :mod:`~nnkgeo.cli.remote`: the commands that talk to a service;
 - :mod:`~nnkgeo.cli.check`: ``check``, a CI gate on a report;
 - :mod:`~nnkgeo.cli.param_flags`: the analysis flags, generated from ``AnalysisParams``;

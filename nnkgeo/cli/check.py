@@ -47,6 +47,11 @@ def add_check_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
             "Check each set of a report against thresholds; print which set and metric "
             "fail, and exit 1 if any does (0 if all hold, 2 if a metric is missing)."
         ),
+        epilog=(
+            "exit status: 0 every threshold holds; 1 a threshold fails, or (--job) the "
+            "service could not be reached or answered 5xx; 2 a usage error, a report "
+            "without the metric asked for, or a 4xx answer (unknown job, wrong API key)"
+        ),
     )
     check.add_argument("report", nargs="?", metavar="REPORT", help="a local report.json")
     check.add_argument("--job", help="check this job's report on the service instead")
@@ -80,6 +85,12 @@ def add_check_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         default=[],
         metavar="METRIC=X",
         help="a lower bound: --min homogeneity.nnk_mean=0.9",
+    )
+    check.add_argument(
+        "--max-drift",
+        type=float,
+        metavar="D",
+        help="largest drift.ks.statistic allowed (a drift job's KS statistic, in [0, 1])",
     )
     check.add_argument(
         "--set", dest="set_names", action="append", help="check only this set (repeatable)"
@@ -124,6 +135,8 @@ def _check(args: argparse.Namespace) -> int:
         if set_report.name in chosen
         for threshold in thresholds
     ]
+    if args.max_drift is not None:
+        verdicts.append(_drift_verdict(report, args.max_drift))
     failed = [verdict for verdict in verdicts if not verdict.passed]
     if args.json:
         print_json({"passed": not failed, "checks": [asdict(verdict) for verdict in verdicts]})
@@ -152,9 +165,9 @@ def _thresholds(args: argparse.Namespace) -> list[_Threshold]:
         thresholds.append(_parse_bound(text, option="--max", upper=True))
     for text in args.lower_bounds:
         thresholds.append(_parse_bound(text, option="--min", upper=False))
-    if not thresholds:
+    if not thresholds and args.max_drift is None:
         raise CommandRefused(
-            "no threshold given: use --max-loo-error, --min-pure-patch, --max or --min"
+            "no threshold given: use --max-loo-error, --min-pure-patch, --max, --min or --max-drift"
         )
     return thresholds
 
@@ -201,4 +214,22 @@ def _verdict(set_report: SetReport, threshold: _Threshold) -> _Verdict:
         operator="<=" if threshold.upper else ">=",
         threshold=threshold.bound,
         passed=threshold.holds(float(value)),
+    )
+
+
+def _drift_verdict(report: Report, bound: float) -> _Verdict:
+    """drift.ks.statistic <= bound: the report's, not a set's (a drift job's section)."""
+    if report.drift is None:
+        raise CommandRefused(
+            "--max-drift needs a drift report (nnkgeo drift, or a drift job); this report "
+            "has no drift section"
+        )
+    value = report.drift.ks.statistic
+    return _Verdict(
+        set=report.drift.current,
+        metric="drift.ks.statistic",
+        value=value,
+        operator="<=",
+        threshold=bound,
+        passed=value <= bound,
     )

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from nnkgeo.cli.outcome import Handler, guarded
+from nnkgeo.cli.outcome import Handler, guarded, print_client_warnings
 
 if TYPE_CHECKING:
     # Imported when a command runs: httpx (and the rich and click it pulls in) would add
@@ -39,6 +39,7 @@ def with_client(command: Callable[[argparse.Namespace, Client], int]) -> Handler
     """A :func:`~nnkgeo.cli.outcome.guarded` command that gets an open client."""
 
     def run(args: argparse.Namespace) -> int:
+        print_client_warnings()
         with client_for(args) as client:
             return command(args, client)
 

@@ -14,6 +14,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +167,16 @@ def _analyze(args: argparse.Namespace) -> int:
     except InvalidInputError as error:
         raise CommandRefused(str(error)) from error
 
-    _write_report(result.report, sets, out=args.out, html=args.html)
+    inputs = [("embeddings", ", ".join(args.embeddings))]
+    for role, given in (
+        ("labels", args.labels),
+        ("ids", args.ids),
+        ("query", args.query),
+        ("query labels", args.query_labels),
+    ):
+        if given is not None:
+            inputs.append((role, given))
+    _write_report(result.report, sets, out=args.out, html=args.html, inputs=inputs)
     for template, attribute in ((args.graph, "symmetric"), (args.directed_graph, "directed")):
         if template is None:
             continue
@@ -200,7 +210,16 @@ def _read(path: str, array: str | None, what: str) -> np.ndarray:
     if not Path(path).is_file():
         raise CommandRefused(f"{what}: no such file: {path}")
     try:
-        return load_array(path, fmt=detect_format(path), name=array)
+        fmt = detect_format(path)
+    except ArrayFileError:
+        # arrayfiles advises the Python spelling (format=...); analyze has no --format.
+        raise CommandRefused(
+            f"{what} {path}: cannot tell its format from its suffix; analyze reads "
+            ".npy, .npz, .safetensors and .parquet (or .pq) files: convert it to one of "
+            "them (CSV: np.save of np.loadtxt), or give it its right suffix"
+        ) from None
+    try:
+        return load_array(path, fmt=fmt, name=array)
     except ArrayFileError as error:
         raise CommandRefused(f"{what} {path}: {error.message}") from error
 
@@ -227,9 +246,18 @@ def _graph_path(template: str, name: str, n_sets: int) -> Path:
 
 
 def _write_report(
-    report: Report, sets: Sequence[EmbeddingSet], *, out: str, html: str | None
+    report: Report,
+    sets: Sequence[EmbeddingSet],
+    *,
+    out: str,
+    html: str | None,
+    inputs: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """report.json, and the HTML page (with the 2-D maps: the sets' arrays are at hand)."""
+    """report.json, and the HTML page (with the 2-D maps: the sets' arrays are at hand).
+
+    The page names its ``inputs`` ((role, file) pairs) and the time it was made: a local
+    report has no job to look them up by.
+    """
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(report.model_dump_json(indent=2))
@@ -241,6 +269,8 @@ def _write_report(
         report,
         embeddings={s.name: s.embeddings for s in sets},
         labels={s.name: s.labels for s in sets if s.labels is not None},
+        inputs=inputs,
+        generated_at=datetime.now(UTC),
     )
     Path(html).parent.mkdir(parents=True, exist_ok=True)
     Path(html).write_text(page, encoding="utf-8")
@@ -341,6 +371,7 @@ def _study(args: argparse.Namespace) -> int:
 
     from workers.geometry import InvalidInputError, analyze
     from workers.models import load_dataset, run_study
+    from workers.models.study import TRAINING_PROGRESS_SHARE, scaled_progress
     from workers.models.study_report import add_study_section
 
     spec, local_path = _study_spec(args)
@@ -360,14 +391,28 @@ def _study(args: argparse.Namespace) -> int:
                 locate_upload=lambda _dataset_id: local_path,
                 data_roots=[] if local_path is None else [local_path],
             )
+            # Training, then the analysis, on consecutive spans of one bar: each phase
+            # reports its own 0..1, and the bar must not fall back to 0 between them.
             sets = run_study(
-                spec, dataset=data, params=params, device=args.device, progress=progress
+                spec,
+                dataset=data,
+                params=params,
+                device=args.device,
+                progress=scaled_progress(progress, 0.0, TRAINING_PROGRESS_SHARE),
             )
-            result = analyze(sets, params=params, progress=progress)
+            result = analyze(
+                sets,
+                params=params,
+                progress=scaled_progress(
+                    progress, TRAINING_PROGRESS_SHARE, 1.0 - TRAINING_PROGRESS_SHARE
+                ),
+            )
             result = add_study_section(result, sets, params=params)
     except InvalidInputError as error:
         raise CommandRefused(str(error)) from error
-    _write_report(result.report, sets, out=args.out, html=args.html)
+    _write_report(
+        result.report, sets, out=args.out, html=args.html, inputs=[("dataset", args.dataset)]
+    )
     if args.embeddings_out:
         embeddings_out = Path(args.embeddings_out)
         embeddings_out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,16 @@ Exit status:
   answer (invalid input, unknown id, wrong API key).
 - 130: interrupted (Ctrl-C).
 
-Every error is one line on stderr: ``nnkgeo: error: ...``.
+Every error is one line on stderr: ``nnkgeo: error: ...``, its advice in the command's
+terms (``--url``, not the Python client's ``url=``). The client's warnings (a long retry,
+a job that no worker takes) are lines ``nnkgeo: ...`` on stderr too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,13 +36,16 @@ from nnkgeo.errors import (
 )
 
 __all__ = [
+    "EXIT_CODES_EPILOG",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "CommandRefused",
     "Handler",
+    "exit_status",
     "guarded",
+    "print_client_warnings",
     "print_error",
     "print_json",
 ]
@@ -51,6 +57,13 @@ EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
 """A command: the parsed arguments in, the exit status out."""
+
+EXIT_CODES_EPILOG = (
+    "exit status: 0 done; 1 the job failed or was canceled, the wait timed out, the "
+    "service could not be reached or answered 5xx; 2 a usage or input error, or a 4xx "
+    "answer (invalid input, unknown id, wrong API key)"
+)
+"""The ``--help`` epilog of the commands that talk to the service."""
 
 
 class CommandRefused(Exception):
@@ -68,6 +81,60 @@ def print_json(value: BaseModel | dict[str, Any] | list[Any]) -> None:
         print(value.model_dump_json(indent=2))
     else:
         print(json.dumps(value, indent=2, default=str))
+
+
+class _StderrHandler(logging.Handler):
+    """Each record as ``nnkgeo: MESSAGE`` on the ``sys.stderr`` of the moment.
+
+    Looked up when a record is emitted, not when the handler is made: a test's captured
+    stderr, or rich's redirect while a live bar is drawn, then receive it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"nnkgeo: {' '.join(record.getMessage().split())}", file=sys.stderr)
+        except Exception:  # a logging handler never raises (logging.Handler.handleError)
+            self.handleError(record)
+
+
+_CLIENT_WARNINGS = _StderrHandler(logging.WARNING)
+
+
+def print_client_warnings() -> None:
+    """Print the client's warnings (logger ``nnkgeo.client``) as ``nnkgeo: ...`` lines.
+
+    Idempotent. With this handler in place, Python's last-resort handler (which prints
+    the bare message of a library's warning when nothing is configured) stays silent.
+    """
+    client_logger = logging.getLogger("nnkgeo.client")
+    if _CLIENT_WARNINGS not in client_logger.handlers:
+        client_logger.addHandler(_CLIENT_WARNINGS)
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status of a command that raised ``error`` (see the module's table).
+
+    The client's errors are told apart first: its timeout and connection errors are
+    ``OSError`` subclasses too (``TimeoutError``, ``ConnectionError``), yet mean 1 (it
+    failed), not 2 like a local file that cannot be read.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(error, JobError | JobTimeoutError | ServiceUnreachableError):
+        return EXIT_FAILED
+    if isinstance(error, NNKGeoHTTPError):
+        return EXIT_USAGE if error.status < 500 else EXIT_FAILED
+    if isinstance(error, CommandRefused | UsageError | OSError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, NNKGeoClientError):
+        return error.message_for("cli")
+    if isinstance(error, FileNotFoundError) and error.filename is not None:
+        return f"no such file: {error.filename}"
+    return str(error)
 
 
 def guarded(command: Handler) -> Handler:
@@ -92,20 +159,8 @@ def guarded(command: Handler) -> Handler:
         except KeyboardInterrupt as interrupt:
             print_error(str(interrupt) or "interrupted")
             return EXIT_INTERRUPTED
-        except FileNotFoundError as error:
-            print_error(f"no such file: {error.filename}")
-            return EXIT_USAGE
-        except (CommandRefused, UsageError, OSError) as error:
-            print_error(str(error))
-            return EXIT_USAGE
-        except (JobError, JobTimeoutError, ServiceUnreachableError) as error:
-            print_error(str(error))
-            return EXIT_FAILED
-        except NNKGeoHTTPError as error:
-            print_error(str(error))
-            return EXIT_USAGE if error.status < 500 else EXIT_FAILED
-        except NNKGeoClientError as error:
-            print_error(str(error))
-            return EXIT_FAILED
+        except (CommandRefused, NNKGeoClientError, OSError) as error:
+            print_error(_message(error))
+            return exit_status(error)
 
     return handler

@@ -1,7 +1,7 @@
 """The ``nnkgeo`` commands that talk to a running service, through :mod:`nnkgeo.client`.
 
-``upload | submit | status | wait | report | graph | jobs | cancel`` (and ``check
---job``, in :mod:`nnkgeo.cli.check`). Each takes ``--url`` and ``--api-key`` (default:
+``upload | datasets | submit | status | wait | report | graph | jobs | cancel`` (and
+``check --job``, in :mod:`nnkgeo.cli.check`). Each takes ``--url`` and ``--api-key`` (default:
 ``NNKGEO_URL``, ``NNKGEO_API_KEY``) and prints for people by default, or the API's JSON
 with ``--json`` (for scripts; progress bars and messages go to stderr, so stdout stays
 parseable). Exit statuses: :mod:`nnkgeo.cli.outcome`.
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, get_args
 from api_schemas import DatasetOut, JobOut, JobStatus, SetReport
 from api_schemas.datasets import DatasetFormat
 from nnkgeo.cli.connection import connection_flags, with_client
-from nnkgeo.cli.outcome import EXIT_OK, CommandRefused, print_json
+from nnkgeo.cli.outcome import EXIT_CODES_EPILOG, EXIT_OK, CommandRefused, print_json
 from nnkgeo.cli.param_flags import add_analysis_flags, given_analysis_params
-from nnkgeo.errors import JobError, JobTimeoutError
+from nnkgeo.errors import JobError, JobTimeoutError, problem_text
 
 if TYPE_CHECKING:
     # The client (httpx) is imported when a command opens one (connection.client_for).
@@ -49,6 +49,7 @@ def add_remote_commands(subparsers: _Subparsers) -> None:
     connection = connection_flags()
     waiting = _waiting_flags()
     _add_upload(subparsers, connection)
+    _add_datasets(subparsers, connection)
     _add_submit(subparsers, connection, waiting)
     _add_status(subparsers, connection)
     _add_wait(subparsers, connection, waiting)
@@ -68,6 +69,7 @@ def _waiting_flags() -> argparse.ArgumentParser:
 def _add_upload(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> None:
     upload = subparsers.add_parser(
         "upload",
+        epilog=EXIT_CODES_EPILOG,
         parents=[connection],
         help="upload an array file (or a model file) to the service",
         description="Upload one file (streamed); the same bytes give the same dataset id.",
@@ -84,6 +86,22 @@ def _add_upload(subparsers: _Subparsers, connection: argparse.ArgumentParser) ->
     upload.set_defaults(handler=with_client(_upload))
 
 
+def _add_datasets(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> None:
+    datasets = subparsers.add_parser(
+        "datasets",
+        parents=[connection],
+        help="list your uploaded datasets, newest first",
+        description="One line per dataset: id, format, size, upload time and its arrays.",
+        epilog=EXIT_CODES_EPILOG,
+    )
+    datasets.add_argument(
+        "--limit", type=int, default=20, help="datasets per page (1-100, default 20)"
+    )
+    datasets.add_argument("--cursor", help="the next_cursor of the previous page")
+    datasets.add_argument("--all", action="store_true", help="every page")
+    datasets.set_defaults(handler=with_client(_datasets))
+
+
 def _add_submit(
     subparsers: _Subparsers,
     connection: argparse.ArgumentParser,
@@ -91,6 +109,7 @@ def _add_submit(
 ) -> None:
     submit = subparsers.add_parser(
         "submit",
+        epilog=EXIT_CODES_EPILOG,
         parents=[connection, waiting],
         help="submit an analysis job on uploaded datasets",
         description=(
@@ -129,7 +148,7 @@ def _add_submit(
 
 def _add_status(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> None:
     status = subparsers.add_parser(
-        "status", parents=[connection], help="a job's status and progress"
+        "status", parents=[connection], help="a job's status and progress", epilog=EXIT_CODES_EPILOG
     )
     status.add_argument("job", metavar="JOB")
     status.set_defaults(handler=with_client(_status))
@@ -142,6 +161,7 @@ def _add_wait(
 ) -> None:
     wait = subparsers.add_parser(
         "wait",
+        epilog=EXIT_CODES_EPILOG,
         parents=[connection, waiting],
         help="wait for a job to finish",
         description="Exit 0 once it succeeded, 1 when it failed, was canceled or --timeout passed.",
@@ -153,6 +173,7 @@ def _add_wait(
 def _add_report(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> None:
     report = subparsers.add_parser(
         "report",
+        epilog=EXIT_CODES_EPILOG,
         parents=[connection],
         help="fetch a job's report",
         description="Print a summary of each set (--json: the report), and write files.",
@@ -166,6 +187,7 @@ def _add_report(subparsers: _Subparsers, connection: argparse.ArgumentParser) ->
 def _add_graph(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> None:
     graph = subparsers.add_parser(
         "graph",
+        epilog=EXIT_CODES_EPILOG,
         parents=[connection],
         help="download a set's NNK graph (scipy .npz)",
         description="Stream the graph to a file; load it with scipy.sparse.load_npz.",
@@ -183,7 +205,9 @@ def _add_graph(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> 
 
 
 def _add_jobs(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> None:
-    jobs = subparsers.add_parser("jobs", parents=[connection], help="list your jobs, newest first")
+    jobs = subparsers.add_parser(
+        "jobs", parents=[connection], help="list your jobs, newest first", epilog=EXIT_CODES_EPILOG
+    )
     jobs.add_argument("--limit", type=int, default=20, help="jobs per page (1-100, default 20)")
     jobs.add_argument("--cursor", help="the next_cursor of the previous page")
     jobs.add_argument("--all", action="store_true", help="every page")
@@ -191,7 +215,9 @@ def _add_jobs(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> N
 
 
 def _add_cancel(subparsers: _Subparsers, connection: argparse.ArgumentParser) -> None:
-    cancel = subparsers.add_parser("cancel", parents=[connection], help="cancel a job")
+    cancel = subparsers.add_parser(
+        "cancel", parents=[connection], help="cancel a job", epilog=EXIT_CODES_EPILOG
+    )
     cancel.add_argument("job", metavar="JOB")
     cancel.set_defaults(handler=with_client(_cancel))
 
@@ -211,11 +237,38 @@ def _upload(args: argparse.Namespace, client: Client) -> int:
 
 
 def _describe_dataset(dataset: DatasetOut) -> str:
-    arrays = ", ".join(
+    return f"{dataset.id}  {dataset.format}  {dataset.size_bytes:,} bytes  {_arrays(dataset)}"
+
+
+def _arrays(dataset: DatasetOut) -> str:
+    return ", ".join(
         f"{array.name}: {array.dtype} [{', '.join(map(str, array.shape))}]"
         for array in dataset.arrays
     )
-    return f"{dataset.id}  {dataset.format}  {dataset.size_bytes:,} bytes  {arrays}"
+
+
+def _datasets(args: argparse.Namespace, client: Client) -> int:
+    if args.all:
+        listed, next_cursor = list(client.iter_datasets(page_size=100)), None
+    else:
+        page = client.datasets(limit=args.limit, cursor=args.cursor)
+        listed, next_cursor = page.items, page.next_cursor
+    if args.json:
+        print_json(
+            {
+                "items": [dataset.model_dump(mode="json") for dataset in listed],
+                "next_cursor": next_cursor,
+            }
+        )
+        return EXIT_OK
+    for dataset in listed:
+        print(
+            f"{dataset.id}  {dataset.format:<11}  {dataset.size_bytes:>13,} bytes  "
+            f"{dataset.created_at:%Y-%m-%d %H:%M:%S}  {_arrays(dataset)}".rstrip()
+        )
+    if next_cursor:
+        print(f"more: nnkgeo datasets --cursor {next_cursor}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _submit(args: argparse.Namespace, client: Client) -> int:
@@ -311,9 +364,7 @@ def _describe_job(job: JobOut) -> str:
         line += f"  {job.progress.stage} {job.progress.fraction:.0%}"
     line += f"  created {job.created_at:%Y-%m-%d %H:%M:%S}"
     if job.error is not None:
-        line += f"\n  error: {job.error.title}: {job.error.detail or ''}"
-        for field_error in job.error.errors or []:
-            line += f"\n  {field_error.field}: {field_error.message}"
+        line += f"\n  error: {problem_text(job.error, 'cli')}"
     return line
 
 

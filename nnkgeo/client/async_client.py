@@ -11,6 +11,7 @@ import httpx
 
 from api_schemas import (
     AnalysisParams,
+    DatasetList,
     DatasetOut,
     EmbeddingSetSpec,
     JobCreate,
@@ -19,6 +20,7 @@ from api_schemas import (
     Report,
 )
 from nnkgeo.client.analyze import analyze_plan
+from nnkgeo.client.compare import compare_plan, drift_plan
 from nnkgeo.client.jobs import (
     DEFAULT_POLL_INTERVAL_S,
     SetInputs,
@@ -43,7 +45,13 @@ from nnkgeo.client.transport import (
     AsyncTransport,
     ClientSettings,
 )
-from nnkgeo.client.uploads import UploadFormat, dataset_call, delete_dataset_call, upload_call
+from nnkgeo.client.uploads import (
+    UploadFormat,
+    dataset_call,
+    datasets_call,
+    delete_dataset_call,
+    upload_call,
+)
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -101,6 +109,21 @@ class AsyncClient:
     async def delete_dataset(self, dataset_id: str) -> None:
         """See :meth:`Client.delete_dataset`."""
         return await self._transport.send(delete_dataset_call(dataset_id))
+
+    async def datasets(self, limit: int = 20, cursor: str | None = None) -> DatasetList:
+        """See :meth:`Client.datasets`."""
+        return await self._transport.send(datasets_call(limit, cursor))
+
+    async def iter_datasets(self, *, page_size: int = 100) -> AsyncIterator[DatasetOut]:
+        """See :meth:`Client.iter_datasets`; use with ``async for``."""
+        cursor = None
+        while True:
+            page = await self.datasets(limit=page_size, cursor=cursor)
+            for dataset in page.items:
+                yield dataset
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def submit(
         self,
@@ -196,6 +219,70 @@ class AsyncClient:
                 params=params,
                 query=query,
                 query_labels=query_labels,
+                wait=wait,
+                progress=progress,
+                timeout=timeout,
+                poll_interval=poll_interval,
+            )
+        )
+
+    async def compare(
+        self,
+        a: object,
+        b: object,
+        *,
+        labels: object | None = None,
+        ids: object | None = None,
+        names: tuple[str, str] = ("a", "b"),
+        params: AnalysisParams | Mapping[str, Any] | None = None,
+        wait: bool = True,
+        progress: ProgressOption = True,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    ) -> Report | JobOut:
+        """See :meth:`Client.compare`."""
+        return await self._transport.run(
+            compare_plan(
+                a,
+                b,
+                labels=labels,
+                ids=ids,
+                names=names,
+                params=params,
+                wait=wait,
+                progress=progress,
+                timeout=timeout,
+                poll_interval=poll_interval,
+            )
+        )
+
+    async def drift(
+        self,
+        reference: object,
+        current: object,
+        *,
+        labels: object | None = None,
+        current_labels: object | None = None,
+        current_ids: object | None = None,
+        threshold: float = 0.01,
+        name: str = "reference",
+        params: AnalysisParams | Mapping[str, Any] | None = None,
+        wait: bool = True,
+        progress: ProgressOption = True,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    ) -> Report | JobOut:
+        """See :meth:`Client.drift`."""
+        return await self._transport.run(
+            drift_plan(
+                reference,
+                current,
+                labels=labels,
+                current_labels=current_labels,
+                current_ids=current_ids,
+                threshold=threshold,
+                name=name,
+                params=params,
                 wait=wait,
                 progress=progress,
                 timeout=timeout,

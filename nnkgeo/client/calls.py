@@ -46,6 +46,8 @@ class Call(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     # Stream the answer's body into this file (written whole, or not at all).
     download_to: Path | None = None
+    # A probe (/readyz): sent once, never retried, its answer parsed whatever its status.
+    probe: bool = False
 
     def request_headers(self) -> dict[str, str]:
         """The call's own headers, with the body's type and length when it has one."""

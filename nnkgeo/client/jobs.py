@@ -8,6 +8,7 @@ mistake is named (as the 422 the service would answer) before anything is sent.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from nnkgeo.client.calls import Call, Plan, Sleep, parse_model, path_segment
 from nnkgeo.client.progress import ProgressOption, progress_display
 from nnkgeo.client.transport import retry_after_s
 from nnkgeo.errors import (
+    Hint,
     JobCanceledError,
     JobFailedError,
     JobTimeoutError,
@@ -41,6 +43,12 @@ from nnkgeo.errors import (
 
 # Used between polls when the service sends no Retry-After.
 DEFAULT_POLL_INTERVAL_S = 1.0
+# A job queued this long while waited on gets one look at /readyz, and a hint: with no
+# worker running, a job stays queued for ever and nothing else would say why.
+QUEUED_HINT_AFTER_S = 10.0
+START_WORKER = "celery -A workers.celery_app worker"
+
+logger = logging.getLogger("nnkgeo.client")
 DatasetLike: TypeAlias = "str | DatasetOut | DatasetRef"
 SetInputs: TypeAlias = (
     "str | DatasetOut | DatasetRef | tuple[DatasetLike, DatasetLike | None] "
@@ -189,14 +197,57 @@ def cancel_call(job_id: str) -> Call[JobOut]:
 # --------------------------------------------------------------------------- waiting
 
 
+def readiness_call() -> Call[tuple[int, dict[str, Any]]]:
+    """``GET /readyz`` as a probe: its status and JSON body, whatever the status."""
+
+    def parse(response: httpx.Response) -> tuple[int, dict[str, Any]]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        return response.status_code, body if isinstance(body, dict) else {}
+
+    return Call("GET", "/readyz", parse, probe=True)
+
+
+def queued_hint(job_id: str, waited_s: float, readiness: tuple[int, dict[str, Any]]) -> str:
+    """Why a job may still be queued, from what ``/readyz`` answered (status, body)."""
+    status, body = readiness
+    said = f"job {job_id} is still queued after {waited_s:.0f} s"
+    if status == 200 and body.get("workers"):
+        workers = ", ".join(str(name) for name in body["workers"])
+        return (
+            f"{said}; workers answer /readyz ({workers}), so it waits behind other jobs, "
+            "or for a worker that serves its queue"
+        )
+    problems = "; ".join(
+        f"{error.get('field')}: {error.get('message')}"
+        for error in body.get("errors") or []
+        if isinstance(error, dict)
+    )
+    if status == 503 and "workers" in problems:
+        return (
+            f"{said}: no worker seems to have taken it (/readyz: {problems}); "
+            f"start one with `{START_WORKER}`"
+        )
+    return (
+        f"{said}: /readyz answered {status}{f' ({problems})' if problems else ''}; "
+        f"a worker may be missing: /readyz lists the live ones, `{START_WORKER}` starts one"
+    )
+
+
 def wait_plan(
     job_id: str,
     *,
     timeout: float | None,
     progress: ProgressOption,
     poll_interval: float,
+    queued_hint_after: float = QUEUED_HINT_AFTER_S,
 ) -> Plan[JobOut]:
     """Poll until the job finishes, sleeping as its Retry-After says; raise unless it succeeded.
+
+    A job still queued after ``queued_hint_after`` seconds of waiting is explained once,
+    from ``/readyz``, as a warning of the ``nnkgeo.client`` logger.
 
     Raises
     ------
@@ -206,6 +257,7 @@ def wait_plan(
         When the job ends without succeeding.
     """
     started = time.monotonic()
+    hinted = False
     display = progress_display(progress, job_id)
     try:
         while True:
@@ -213,14 +265,23 @@ def wait_plan(
             display.update(job)
             if job.status.finished:
                 break
+            waited = time.monotonic() - started
+            if job.status is JobStatus.queued and not hinted and waited >= queued_hint_after:
+                hinted = True
+                readiness = yield readiness_call()
+                logger.warning("%s", queued_hint(job_id, waited, readiness))
             delay = retry_after if retry_after is not None else poll_interval
             if timeout is not None:
                 remaining = timeout - (time.monotonic() - started)
                 if remaining <= 0:
                     raise JobTimeoutError(
                         f"job {job_id} is still {job.status.value} after {timeout:g} s "
-                        "(it goes on running; wait again or cancel it)",
+                        "(it goes on running)",
                         job=job,
+                        hint=Hint(
+                            python="wait again, or cancel it with Client.cancel",
+                            cli=f"`nnkgeo wait {job_id}` again, or `nnkgeo cancel {job_id}`",
+                        ),
                     )
                 delay = min(delay, remaining)
             yield Sleep(delay)

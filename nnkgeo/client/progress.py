@@ -85,8 +85,9 @@ class ProgressLine:
         prefix = f"{self._label} " if self._label else ""
         if status is not None:
             prefix += f"{status:<9} "
+        stage_text = f" {stage}" if stage else ""
         line = (
-            f"{prefix}[{bar}] {int(fraction * 100):3d}% {stage} "
+            f"{prefix}[{bar}] {int(fraction * 100):3d}%{stage_text} "
             f"({time.monotonic() - self._started:.1f} s)"
         )
         if self._interactive:
@@ -131,6 +132,12 @@ class _NoProgress:
         pass
 
 
+def job_stage(job: JobOut) -> str:
+    """The job's stage, or nothing where it only repeats the status (``queued``, ``succeeded``)."""
+    stage = job.progress.stage
+    return "" if stage == job.status.value else stage
+
+
 class _LineProgress:
     """A job's `ProgressLine`: its id and status in front of the stage."""
 
@@ -138,7 +145,7 @@ class _LineProgress:
         self._line = ProgressLine(stream, label=job_id)
 
     def update(self, job: JobOut) -> None:
-        self._line.update(job.progress.stage, job.progress.fraction, status=job.status.value)
+        self._line.update(job_stage(job), job.progress.fraction, status=job.status.value)
 
     def close(self) -> None:
         self._line.close()
@@ -172,7 +179,7 @@ class _RichProgress:
         self._progress.update(
             self._task,
             completed=job.progress.fraction,
-            description=f"{job.status.value} {job.progress.stage}",
+            description=f"{job.status.value} {job_stage(job)}".rstrip(),
         )
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import httpx
 
 from api_schemas import (
     AnalysisParams,
+    DatasetList,
     DatasetOut,
     EmbeddingSetSpec,
     JobCreate,
@@ -19,6 +20,7 @@ from api_schemas import (
     Report,
 )
 from nnkgeo.client.analyze import analyze_plan
+from nnkgeo.client.compare import compare_plan, drift_plan
 from nnkgeo.client.jobs import (
     DEFAULT_POLL_INTERVAL_S,
     SetInputs,
@@ -43,7 +45,13 @@ from nnkgeo.client.transport import (
     ClientSettings,
     SyncTransport,
 )
-from nnkgeo.client.uploads import UploadFormat, dataset_call, delete_dataset_call, upload_call
+from nnkgeo.client.uploads import (
+    UploadFormat,
+    dataset_call,
+    datasets_call,
+    delete_dataset_call,
+    upload_call,
+)
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -63,7 +71,9 @@ class Client:
         Seconds per network operation (connect, each read or write), not per request.
     retries : int, default 5
         Extra attempts for answers 429, 502, 503, 504 (and 409 with ``Retry-After``, a
-        submit still in flight) and for connection errors.
+        submit still in flight) and for connection errors. A connection refused before
+        the service ever answered is raised at once (nothing listens at ``url``).
+        Retrying for more than 2 s is logged (logger ``nnkgeo.client``, WARNING).
     backoff : float, default 0.5
         First retry delay in seconds, doubled on each retry (with jitter, at most 30 s);
         a ``Retry-After`` from the service is honoured instead.
@@ -151,6 +161,33 @@ class Client:
     def delete_dataset(self, dataset_id: str) -> None:
         """Delete a dataset; :class:`~nnkgeo.errors.ConflictError` while a job reads it."""
         return self._transport.send(delete_dataset_call(dataset_id))
+
+    def datasets(self, limit: int = 20, cursor: str | None = None) -> DatasetList:
+        """One page of the tenant's datasets, newest first; pass ``next_cursor`` on.
+
+        Parameters
+        ----------
+        limit : int, default 20
+            Datasets per page (the service accepts 1 to 100).
+        cursor : str, optional
+            The ``next_cursor`` of the previous page; none for the first (newest) page.
+
+        Returns
+        -------
+        DatasetList
+            ``items`` (each a :class:`DatasetOut`) and ``next_cursor`` (None on the last page).
+        """
+        return self._transport.send(datasets_call(limit, cursor))
+
+    def iter_datasets(self, *, page_size: int = 100) -> Iterator[DatasetOut]:
+        """Every dataset of the tenant, newest first, fetched a page at a time."""
+        cursor = None
+        while True:
+            page = self.datasets(limit=page_size, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     # -- jobs
 
@@ -322,6 +359,117 @@ class Client:
                 params=params,
                 query=query,
                 query_labels=query_labels,
+                wait=wait,
+                progress=progress,
+                timeout=timeout,
+                poll_interval=poll_interval,
+            )
+        )
+
+    def compare(
+        self,
+        a: object,
+        b: object,
+        *,
+        labels: object | None = None,
+        ids: object | None = None,
+        names: tuple[str, str] = ("a", "b"),
+        params: AnalysisParams | Mapping[str, Any] | None = None,
+        wait: bool = True,
+        progress: ProgressOption = True,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    ) -> Report | JobOut:
+        """Upload two embeddings of the same points, compare them, fetch the report.
+
+        Parameters
+        ----------
+        a, b : array-like, tensor, path or table
+            Anything :meth:`upload` takes: the same N points, in the same order (two
+            layers, models or checkpoints), of widths d_a and d_b.
+        labels : array-like, tensor, path or table, optional
+            N labels: per-class overlaps (``report.compare.per_class``).
+        ids : array-like, tensor, path or table, optional
+            N point ids, named in ``report.compare.changed``.
+        names : (str, str), default ("a", "b")
+            The two sets' names.
+        params, wait, progress, timeout, poll_interval
+            As for :meth:`analyze`.
+
+        Returns
+        -------
+        Report or JobOut
+            The report, whose ``compare`` section holds the per-point Jaccard and weighted
+            overlaps of the NNK neighbourhoods and linear CKA (or, ``wait=False``, the job).
+        """
+        return self._transport.run(
+            compare_plan(
+                a,
+                b,
+                labels=labels,
+                ids=ids,
+                names=names,
+                params=params,
+                wait=wait,
+                progress=progress,
+                timeout=timeout,
+                poll_interval=poll_interval,
+            )
+        )
+
+    def drift(
+        self,
+        reference: object,
+        current: object,
+        *,
+        labels: object | None = None,
+        current_labels: object | None = None,
+        current_ids: object | None = None,
+        threshold: float = 0.01,
+        name: str = "reference",
+        params: AnalysisParams | Mapping[str, Any] | None = None,
+        wait: bool = True,
+        progress: ProgressOption = True,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    ) -> Report | JobOut:
+        """Upload a reference and current embeddings, score the drift, fetch the report.
+
+        Parameters
+        ----------
+        reference : array-like, tensor, path or table
+            N x d reference embeddings (e.g. training data), analysed as a set.
+        current : array-like, tensor, path or table
+            M x d embeddings to check (e.g. production), each solved against the reference.
+        labels : optional
+            N reference labels.
+        current_labels : optional
+            M current labels: per-class shifts (``report.drift.per_class``).
+        current_ids : optional
+            M current ids, named in ``report.drift.drifted``.
+        threshold : float, default 0.01
+            The verdict is "drift" when the Kolmogorov-Smirnov p-value is below it.
+        name : str, default "reference"
+            The reference set's name.
+        params, wait, progress, timeout, poll_interval
+            As for :meth:`analyze`; the reference's neighbour search is exact.
+
+        Returns
+        -------
+        Report or JobOut
+            The report, whose ``drift`` section holds the scores, the KS test and the
+            verdict (or, ``wait=False``, the job).
+        """
+        return self._transport.run(
+            drift_plan(
+                reference,
+                current,
+                labels=labels,
+                current_labels=current_labels,
+                current_ids=current_ids,
+                threshold=threshold,
+                name=name,
+                params=params,
                 wait=wait,
                 progress=progress,
                 timeout=timeout,

@@ -9,6 +9,7 @@ becomes an exception (:func:`error_from_response`) are shared.
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import random
 import time
@@ -25,6 +26,7 @@ from api_schemas import Problem
 from nnkgeo import __version__
 from nnkgeo.client.calls import Call, Plan, Sleep, T
 from nnkgeo.errors import (
+    Hint,
     NNKGeoHTTPError,
     ServiceUnreachableError,
     UsageError,
@@ -47,6 +49,11 @@ RETRYABLE_TRANSPORT_ERRORS = (
     httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
+# Retrying quietly for longer than this, the client says so (logger "nnkgeo.client",
+# which the nnkgeo command prints on stderr): a silent wait looks like a hang.
+RETRY_NOTICE_AFTER_S = 2.0
+
+logger = logging.getLogger("nnkgeo.client")
 
 
 # --------------------------------------------------------------------------- settings
@@ -83,8 +90,11 @@ class ClientSettings:
         url = url or os.environ.get(URL_VARIABLE)
         if not url:
             raise UsageError(
-                f"no nnkgeo service URL: pass url=... or set {URL_VARIABLE} "
-                "(e.g. http://127.0.0.1:8000)"
+                "no nnkgeo service URL",
+                hint=Hint(
+                    python=f"pass url=... or set {URL_VARIABLE} (e.g. http://127.0.0.1:8000)",
+                    cli=f"pass --url URL or set {URL_VARIABLE} (e.g. http://127.0.0.1:8000)",
+                ),
             )
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"the service URL must start with http:// or https://, got {url!r}")
@@ -142,8 +152,18 @@ class RetryPolicy:
             return retry_after if retry_after <= MAX_RETRY_AFTER_S else None
         return self.backoff_s(attempt)
 
-    def delay_after_error(self, attempt: int) -> float | None:
-        """Seconds to wait after a connection failure, or None once retries are spent."""
+    def delay_after_error(
+        self, attempt: int, error: httpx.TransportError, *, answered_before: bool
+    ) -> float | None:
+        """Seconds to wait after a connection failure, or None to raise it now.
+
+        A connection refused (or a host name unknown) before the service ever answered
+        this client is raised at once: nothing listens at that URL, and minutes of
+        backoff would only hide a typo or a service not started. Once the service has
+        answered, a refusal is likely a restart, and is retried like the rest.
+        """
+        if isinstance(error, httpx.ConnectError) and not answered_before:
+            return None
         return None if attempt >= self.retries else self.backoff_s(attempt)
 
     def backoff_s(self, attempt: int) -> float:
@@ -187,14 +207,54 @@ def error_from_response(response: httpx.Response) -> NNKGeoHTTPError:
     return error_for_problem(problem)
 
 
+_URL_HINT = Hint(
+    python=f"is the service running there? Check url= or {URL_VARIABLE}",
+    cli=f"is the service running there? Check --url or {URL_VARIABLE}",
+)
+
+
 def _unreachable(
-    settings: ClientSettings, call: Call[Any], error: Exception
+    settings: ClientSettings, call: Call[Any], error: Exception, *, attempts: int
 ) -> ServiceUnreachableError:
-    attempts = settings.retries + 1
+    if isinstance(error, httpx.ConnectError):
+        after = f" after {attempts} attempts" if attempts > 1 else ""
+        return ServiceUnreachableError(
+            f"cannot connect to {settings.url}{after} ({error})", hint=_URL_HINT
+        )
     return ServiceUnreachableError(
         f"{call.method} {settings.url}{call.path} failed after {attempts} attempt"
         f"{'s' if attempts > 1 else ''}: {type(error).__name__}: {error}"
     )
+
+
+class _RetryNotice:
+    """Says, once retrying has lasted a while, each further retry of one call."""
+
+    def __init__(self, settings: ClientSettings, call: Call[Any]) -> None:
+        self._what = f"{call.method} {call.path}"
+        self._attempts = settings.retries + 1
+        self._started = time.monotonic()
+
+    def before_sleep(self, attempt: int, delay: float, reason: str) -> None:
+        waited = time.monotonic() - self._started
+        if waited + delay < RETRY_NOTICE_AFTER_S:
+            return
+        logger.warning(
+            "%s: %s; retrying in %.1f s (attempt %d of %d)",
+            self._what,
+            reason,
+            delay,
+            attempt + 2,
+            self._attempts,
+        )
+
+
+def _failure(error: httpx.TransportError) -> str:
+    return f"{type(error).__name__}: {error}".rstrip(": ")
+
+
+def _answer(response: httpx.Response) -> str:
+    return f"the service answered {response.status_code} {response.reason_phrase}".rstrip()
 
 
 def _partial_path(target: Path) -> Path:
@@ -210,6 +270,8 @@ class SyncTransport:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         self._policy = RetryPolicy(retries=settings.retries, backoff=settings.backoff)
+        # Whether the service has answered this client yet (see delay_after_error).
+        self._answered = False
         self._http = httpx.Client(
             base_url=settings.url, headers=settings.headers(), timeout=settings.timeout
         )
@@ -217,19 +279,26 @@ class SyncTransport:
     def send(self, call: Call[T]) -> T:
         """Send ``call``, retrying as the policy says; its parsed answer, or the error."""
         attempt = 0
+        notice = _RetryNotice(self.settings, call)
         while True:
             try:
                 response = self._attempt(call)
             except RETRYABLE_TRANSPORT_ERRORS as error:
-                delay = self._policy.delay_after_error(attempt)
-                if delay is None:
-                    raise _unreachable(self.settings, call, error) from error
+                delay = self._policy.delay_after_error(
+                    attempt, error, answered_before=self._answered
+                )
+                if delay is None or call.probe:
+                    raise _unreachable(self.settings, call, error, attempts=attempt + 1) from error
+                reason = _failure(error)
             else:
-                if response.is_success:
+                self._answered = True
+                if response.is_success or call.probe:
                     return call.parse(response)
                 delay = self._policy.delay_after_status(attempt, call, response)
                 if delay is None:
                     raise error_from_response(response)
+                reason = _answer(response)
+            notice.before_sleep(attempt, delay, reason)
             time.sleep(delay)
             attempt += 1
 
@@ -282,6 +351,7 @@ class AsyncTransport:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         self._policy = RetryPolicy(retries=settings.retries, backoff=settings.backoff)
+        self._answered = False
         self._http = httpx.AsyncClient(
             base_url=settings.url, headers=settings.headers(), timeout=settings.timeout
         )
@@ -291,19 +361,26 @@ class AsyncTransport:
         import anyio  # httpx's own dependency
 
         attempt = 0
+        notice = _RetryNotice(self.settings, call)
         while True:
             try:
                 response = await self._attempt(call)
             except RETRYABLE_TRANSPORT_ERRORS as error:
-                delay = self._policy.delay_after_error(attempt)
-                if delay is None:
-                    raise _unreachable(self.settings, call, error) from error
+                delay = self._policy.delay_after_error(
+                    attempt, error, answered_before=self._answered
+                )
+                if delay is None or call.probe:
+                    raise _unreachable(self.settings, call, error, attempts=attempt + 1) from error
+                reason = _failure(error)
             else:
-                if response.is_success:
+                self._answered = True
+                if response.is_success or call.probe:
                     return call.parse(response)
                 delay = self._policy.delay_after_status(attempt, call, response)
                 if delay is None:
                     raise error_from_response(response)
+                reason = _answer(response)
+            notice.before_sleep(attempt, delay, reason)
             await anyio.sleep(delay)
             attempt += 1
 

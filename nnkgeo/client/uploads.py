@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from api_schemas import DatasetOut
+from api_schemas import DatasetList, DatasetOut
 from api_schemas.datasets import FORMAT_BY_SUFFIX, DatasetFormat
 from nnkgeo.client.calls import Call, parse_model, parse_nothing, path_segment
-from nnkgeo.errors import UsageError
+from nnkgeo.errors import Hint, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,17 +74,42 @@ def format_for_path(path: str | os.PathLike[str]) -> UploadFormat:
     Raises
     ------
     UsageError
-        When the suffix is none of them; pass ``format=`` then.
+        When the suffix is none of them; pass ``format=`` then. A ``.csv`` or ``.tsv``
+        file is refused with the command that converts it (the service reads no text).
     """
     suffix = Path(path).suffix.lower()
+    if suffix in _TEXT_TABLE_DELIMITERS:
+        raise _text_table_refused(Path(path), _TEXT_TABLE_DELIMITERS[suffix])
     try:
         return FORMAT_BY_SUFFIX[suffix]  # type: ignore[return-value]
     except KeyError:
         known = ", ".join(sorted(FORMAT_BY_SUFFIX))
         raise UsageError(
-            f"cannot tell the format of {os.fspath(path)!r} from its suffix ({known}); "
-            f"pass format={_FORMAT_CHOICES}"
+            f"cannot tell the format of {os.fspath(path)!r} from its suffix ({known})",
+            hint=Hint(
+                python=f"pass format={_FORMAT_CHOICES}",
+                cli=f"pass --format {'|'.join(get_args(DatasetFormat))}",
+            ),
         ) from None
+
+
+_TEXT_TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+
+
+def _text_table_refused(path: Path, delimiter: str) -> UsageError:
+    converted = path.with_suffix(".npy").name
+    conversion = f"np.save({converted!r}, np.loadtxt({path.name!r}, delimiter={delimiter!r}))"
+    return UsageError(
+        f"{path.name}: {path.suffix[1:].upper()} is not supported (the service reads arrays "
+        "as .npy, .npz, .safetensors or .parquet)",
+        hint=Hint(
+            python=(
+                f"upload the array: upload(np.loadtxt({path.name!r}, delimiter={delimiter!r})), "
+                f"or convert the file: {conversion}"
+            ),
+            cli=f'convert it first: python -c "import numpy as np; {conversion}"',
+        ),
+    )
 
 
 def is_table(obj: object) -> bool:
@@ -202,6 +227,14 @@ def upload_call(obj: object, fmt: str | None) -> Call[DatasetOut]:
 def dataset_call(dataset_id: str) -> Call[DatasetOut]:
     """``GET /v1/datasets/{id}``."""
     return Call("GET", f"/v1/datasets/{path_segment(dataset_id)}", parse_model(DatasetOut))
+
+
+def datasets_call(limit: int, cursor: str | None) -> Call[DatasetList]:
+    """``GET /v1/datasets``: one page of the tenant's datasets, newest first."""
+    params: dict[str, str | int] = {"limit": limit}
+    if cursor:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/datasets", parse_model(DatasetList), params=params)
 
 
 def delete_dataset_call(dataset_id: str) -> Call[None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -590,12 +591,43 @@ def test_retries_give_up_with_the_last_answers_problem(stack: ServiceStack) -> N
     assert unavailable.value.problem.title == "Service Unavailable"
 
 
-def test_unreachable_service_raises_after_the_retries() -> None:
+def test_a_refused_connection_raises_at_once_advising_the_url() -> None:
+    started = time.monotonic()
     with (
-        Client(f"http://127.0.0.1:{free_port()}", ALPHA_KEY, retries=2, backoff=0.01) as client,
-        pytest.raises(ServiceUnreachableError, match="3 attempts"),
+        Client(f"http://127.0.0.1:{free_port()}", ALPHA_KEY) as client,
+        pytest.raises(ServiceUnreachableError) as unreachable,
     ):
         client.jobs()
+
+    # Not after 5 retries of growing backoff (about 13 s): nothing listens there.
+    assert time.monotonic() - started < 1.0
+    assert str(unreachable.value).endswith("is the service running there? Check url= or NNKGEO_URL")
+
+
+def test_a_refused_connection_once_the_service_answered_is_retried_saying_so(
+    stack: ServiceStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = _ScriptedProxy(stack.base_url, [])
+    with Client(proxy.url, ALPHA_KEY, retries=2, backoff=1.5) as client:
+        with proxy:
+            answered = client.jobs(limit=1)
+        # The proxy answered, then its port closed, as a service that restarts.
+        started = time.monotonic()
+        with (
+            caplog.at_level(logging.WARNING, logger="nnkgeo.client"),
+            pytest.raises(ServiceUnreachableError, match="after 3 attempts") as unreachable,
+        ):
+            client.jobs(limit=1)
+
+    assert answered.items
+    # Two retries, after 0.75-1.5 s and 1.5-3 s: the second is said, as it passes 2 s.
+    assert 2.25 <= time.monotonic() - started < 6
+    notices = [record.getMessage() for record in caplog.records]
+    assert notices and all(
+        notice.startswith("GET /v1/jobs: ConnectError: ") and "of 3)" in notice
+        for notice in notices
+    ), notices
+    assert "Check url= or NNKGEO_URL" in str(unreachable.value)
 
 
 # --------------------------------------------------------------------------- async

@@ -252,7 +252,7 @@ def test_cancel_then_wait_exits_1_saying_the_job_was_canceled(
     assert canceled.status == 0
     assert canceled.stdout.startswith(job_id)
     assert waited.status == 1
-    assert "canceled" in _one_error_line(waited)
+    assert _one_error_line(waited) == f"nnkgeo: error: job {job_id} was canceled"
 
 
 def test_wait_on_a_failed_job_exits_1_naming_the_problem(
@@ -277,8 +277,15 @@ def test_wait_on_a_failed_job_exits_1_naming_the_problem(
     )
 
     assert failed.status == 1
-    assert "sets[lost].embeddings" in _one_error_line(failed)
-    assert JobOut.model_validate(failed.json()).status == "failed"
+    job = JobOut.model_validate(failed.json())
+    assert job.status == "failed"
+    error_line = _one_error_line(failed)
+    assert error_line.startswith(f"nnkgeo: error: job {job.id} failed: ")
+    assert "sets[lost].embeddings" in error_line
+    assert job.error is not None and job.error.errors
+    # Each field's message once, though the job's problem has it in its detail too.
+    for field_error in job.error.errors:
+        assert error_line.count(field_error.message) == 1, error_line
 
 
 # --------------------------------------------------------------------------- refusals

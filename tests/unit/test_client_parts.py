@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from api_schemas import JobOut
 from nnkgeo.client.calls import Call, Sleep
-from nnkgeo.client.jobs import job_create, submit_call, wait_plan
+from nnkgeo.client.jobs import job_create, queued_hint, submit_call, wait_plan
 from nnkgeo.client.transport import RetryPolicy, error_from_response, retry_after_s
 from nnkgeo.client.uploads import format_for_path, upload_body
 from nnkgeo.errors import (
@@ -136,6 +137,45 @@ def test_wait_raises_the_failed_jobs_problem() -> None:
     assert failed.value.field_errors == {"k": "!"}
 
 
+def test_a_job_queued_too_long_is_explained_once_from_readyz(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    no_worker = httpx.Response(
+        503,
+        json={
+            "title": "Service Unavailable",
+            "status": 503,
+            "errors": [{"field": "workers", "message": "none answered within 1 s"}],
+        },
+    )
+    plan = wait_plan("job_1", timeout=None, progress=False, poll_interval=1.0, queued_hint_after=0)
+    next(plan)
+
+    with caplog.at_level(logging.WARNING, logger="nnkgeo.client"):
+        probe = plan.send((_job("queued", fraction=0.0), None))
+        assert isinstance(probe, Call) and probe.path == "/readyz" and probe.probe
+        assert plan.send(probe.parse(no_worker)) == Sleep(1.0)
+        assert isinstance(plan.send(None), Call)
+        # Still queued: polled on, not probed nor said again.
+        assert plan.send((_job("queued", fraction=0.0), None)) == Sleep(1.0)
+
+    (hint,) = [record.getMessage() for record in caplog.records]
+    assert hint.startswith("job job_1 is still queued after 0 s: no worker seems to have taken it")
+    assert "workers: none answered within 1 s" in hint
+    assert "celery -A workers.celery_app worker" in hint
+
+
+def test_a_queued_job_with_live_workers_is_said_to_wait_behind_others() -> None:
+    ready = (200, {"status": "ready", "workers": ["celery@a"]})
+
+    hint = queued_hint("job_1", 12.0, ready)
+
+    assert hint == (
+        "job job_1 is still queued after 12 s; workers answer /readyz (celery@a), so it "
+        "waits behind other jobs, or for a worker that serves its queue"
+    )
+
+
 def test_wait_gives_up_after_its_timeout() -> None:
     plan = wait_plan("job_1", timeout=0.0, progress=False, poll_interval=1.0)
     next(plan)
@@ -176,6 +216,18 @@ def test_retry_policy_retries_only_not_now_answers_within_its_budget() -> None:
     assert 0.25 <= (policy.delay_after_status(1, call, _answer(429)) or 0) <= 1.0
     assert policy.delay_after_status(2, call, _answer(503)) is None
     assert policy.delay_after_status(0, call, _answer(404)) is None
+
+
+def test_a_refused_connection_is_retried_only_once_the_service_has_answered() -> None:
+    policy = RetryPolicy(retries=5, backoff=0.5)
+    request = httpx.Request("GET", "http://127.0.0.1:9/v1/jobs")
+    refused = httpx.ConnectError("[Errno 111] Connection refused", request=request)
+    dropped = httpx.ReadError("connection reset", request=request)
+
+    assert policy.delay_after_error(0, refused, answered_before=False) is None
+    assert 0.25 <= (policy.delay_after_error(0, refused, answered_before=True) or 0) <= 0.5
+    assert 0.25 <= (policy.delay_after_error(0, dropped, answered_before=False) or 0) <= 0.5
+    assert policy.delay_after_error(5, dropped, answered_before=True) is None
 
 
 def test_error_answers_become_typed_exceptions_even_from_a_proxy() -> None:
