@@ -6,7 +6,7 @@ page carries its own Content-Security-Policy (:data:`CONTENT_SECURITY_POLICY`), 
 saved copy stays offline too. Every user-provided string (set names, labels, ids,
 warnings, extra facts) is escaped.
 
-What the page shows (DESIGN section 2 defines every metric):
+What the page shows (docs/ALGORITHM.md defines every metric):
 
 - the headline numbers of every set side by side, and the four leave-one-out errors of
   every set as grouped bars;

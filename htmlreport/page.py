@@ -7,13 +7,20 @@ stays offline too. The sections it stacks are in :mod:`htmlreport.sections`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 import numpy as np
 
 from api_schemas import Report
+from api_schemas.params import ReportedParams
 from api_schemas.report import REPORT_PAGE_CONTENT_SECURITY_POLICY
 from htmlreport.embedding_map import EmbeddingMap
+from htmlreport.sections.compare import (
+    compare_section,
+    drift_section,
+    overlap_consecutive_figure,
+)
 from htmlreport.sections.comparison import comparison_section
 from htmlreport.sections.guide import guide_section
 from htmlreport.sections.map_figure import map_of_set
@@ -23,9 +30,16 @@ from htmlreport.sections.study import study_section
 from htmlreport.svg import ElementIds
 from htmlreport.text import escaped, shorten
 
-__all__ = ["CONTENT_SECURITY_POLICY", "render_report_html"]
+__all__ = ["ALGORITHM_DOC", "CONTENT_SECURITY_POLICY", "param_chip_value", "render_report_html"]
 
 CONTENT_SECURITY_POLICY = REPORT_PAGE_CONTENT_SECURITY_POLICY
+
+ALGORITHM_DOC = "docs/ALGORITHM.md"
+"""Where every metric is defined: a file of the nnkgeo repository (the page links nowhere,
+so it names the file)."""
+
+# What an unset parameter means, in the words of its default rather than Python's None.
+_UNSET_MEANS = {"sigma": "auto"}
 
 
 _STYLE = """
@@ -89,6 +103,59 @@ footer { color: #59636e; font-size: 12px; margin-top: 36px; }
 """
 
 
+def param_chip_value(name: str, value: object) -> str:
+    """A parameter's value as its chip shows it: in words, not as a Python literal.
+
+    None is what the parameter does when unset (``sigma``: "auto"; anything else:
+    "default"), booleans are "yes" or "no", lists are comma-separated ("none" when
+    empty), and everything else is its plain text.
+
+    Examples
+    --------
+    >>> param_chip_value("sigma", None), param_chip_value("ignore_identical", False)
+    ('auto', 'no')
+    >>> param_chip_value("baselines", []), param_chip_value("k", 30)
+    ('none', '30')
+    """
+    if value is None:
+        return _UNSET_MEANS.get(name, "default")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(param_chip_value(name, item) for item in value) or "none"
+    return str(value)
+
+
+def _param_chips(report: Report) -> str:
+    """One ``<code>`` chip per parameter, with its meaning as a tooltip.
+
+    A parameter that cannot apply is left out: ``sigma`` under the cosine kernel.
+    """
+    values = report.params.model_dump()
+    chips = []
+    for name, value in values.items():
+        if name == "sigma" and values.get("kernel") != "gaussian" and value is None:
+            continue
+        field = ReportedParams.model_fields.get(name)
+        tooltip = f' title="{escaped(field.description)}"' if field and field.description else ""
+        chips.append(
+            f"<code{tooltip}>{escaped(name)}={escaped(param_chip_value(name, value))}</code>"
+        )
+    return " ".join(chips)
+
+
+def _provenance(inputs: Sequence[tuple[str, str]] | None, generated_at: datetime | None) -> str:
+    """The line that says what the page was made from and when (local reports)."""
+    parts = [f"{escaped(role)}: <code>{escaped(name)}</code>" for role, name in inputs or ()]
+    if generated_at is not None:
+        when = generated_at if generated_at.tzinfo else generated_at.replace(tzinfo=UTC)
+        stamp = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        parts.append(
+            f'generated <time datetime="{when.astimezone(UTC).isoformat()}">{stamp}</time>'
+        )
+    return f'<p class="meta">{" · ".join(parts)}</p>' if parts else ""
+
+
 def render_report_html(
     report: Report,
     *,
@@ -97,6 +164,8 @@ def render_report_html(
     embeddings: Mapping[str, np.ndarray] | None = None,
     labels: Mapping[str, np.ndarray] | None = None,
     title: str | None = None,
+    inputs: Sequence[tuple[str, str]] | None = None,
+    generated_at: datetime | None = None,
 ) -> str:
     """The report as one self-contained HTML page (a string, UTF-8 when written).
 
@@ -120,6 +189,14 @@ def render_report_html(
         Labels to colour those maps by; without them the points are grey.
     title : str, optional
         The page title; default "nnkgeo report" with the job id when there is one.
+    inputs : sequence of (str, str), optional
+        What the report was computed from, as (role, name) pairs shown under the title:
+        ``[("embeddings", "layer4.npy"), ("labels", "y.npy")]``. A local run names its
+        files; a job's page has its job id instead.
+    generated_at : datetime, optional
+        When the report was made, shown under the title in UTC (a naive datetime is
+        taken as UTC). Left out by default, so that the same report renders to the same
+        bytes.
 
     Returns
     -------
@@ -129,15 +206,16 @@ def render_report_html(
     """
     ids = ElementIds()
     page_title = title or (f"nnkgeo report {report.job_id}" if report.job_id else "nnkgeo report")
-    params = " ".join(
-        f"<code>{escaped(name)}={escaped(value)}</code>"
-        for name, value in report.params.model_dump().items()
-    )
+    params = _param_chips(report)
     nav = ['<a href="#overview">Overview</a>']
     if report.comparison is not None:
         nav.append('<a href="#comparison">Comparison</a>')
     if report.study is not None:
         nav.append('<a href="#study">Study</a>')
+    if report.compare is not None:
+        nav.append('<a href="#compare">Compare</a>')
+    if report.drift is not None:
+        nav.append('<a href="#drift">Drift</a>')
     nav += [
         f'<a href="#set-{i + 1}">{escaped(shorten(s.name, 32))}</a>'
         for i, s in enumerate(report.sets)
@@ -168,11 +246,17 @@ def render_report_html(
         f'<p class="meta">{job}{len(report.sets)} embedding set'
         f"{'s' if len(report.sets) != 1 else ''} · algorithm version"
         f" {escaped(report.algorithm_version)} · report schema {escaped(report.schema_version)}</p>"
+        f"{_provenance(inputs, generated_at)}"
         f'<p class="meta">parameters: {params}</p>'
         f'<nav aria-label="contents">{" ".join(nav)}</nav></header>'
-        f"{overview}{comparison_section(ids, report)}{study_section(ids, report)}{sections}"
+        f"{overview}{comparison_section(ids, report)}{study_section(ids, report)}"
+        # Their figures take ids after the comparison's and the study's (f-strings run left
+        # to right), so pages without these sections keep their bytes.
+        f"{compare_section(ids, report)}{drift_section(ids, report)}"
+        f"{overlap_consecutive_figure(ids, report)}{sections}"
         f"{guide_section()}"
         "<footer>Made by nnkgeo. This page is self-contained: it loads nothing from the"
-        " network. Metric definitions: DESIGN section 2.</footer>"
+        f" network. Every metric is defined in {ALGORITHM_DOC} in the nnkgeo repository."
+        "</footer>"
         "</main></body></html>\n"
     )

@@ -178,6 +178,12 @@ import scipy.sparse as sp
 out = Path(sys.argv[1])
 report = json.loads((out / "report.json").read_text())
 graph = sp.load_npz(out / "graph-symmetric.npz")
+# What each regime says (docs/ALGORITHM.md, "Regime"), printed beside the verdict.
+regime_means = {
+    "homogeneous": "both NNK LOO errors <= 1 %: label-pure neighbourhoods",
+    "weighted": "only the NNK-weighted LOO error is <= 1 %: the weights matter",
+    "not_interpolating": "NNK-weighted LOO error above 1 %: labels not organised by neighbourhood",
+}
 for s in report["sets"]:
     print(f"\nset {s['name']}: {s['n_points']} points, {s['dim']} dims, {s['n_classes']} classes")
     print(f"  NNK graph: {s['graph']['n_edges_symmetric']} edges, mean degree "
@@ -189,8 +195,10 @@ for s in report["sets"]:
     print(f"  NNK homogeneity {s['homogeneity']['nnk_mean']:.4f}, pure patches "
           f"{s['homogeneity']['pure_patch_fraction']:.4f}")
     twonn = s["intrinsic_dimension"]["twonn"]
-    print(f"  intrinsic dimension (TwoNN) {twonn:.2f}; regime: {s['regime']}")
+    print(f"  intrinsic dimension (TwoNN) {twonn:.2f}")
+    print(f"  regime: {s['regime']} ({regime_means.get(s['regime'], 'see docs/ALGORITHM.md')})")
 print(f"\nreport: {out / 'report.json'} and {out / 'report.html'}")
+print("every number is defined in docs/ALGORITHM.md")
 PY
 
 if [ "${NNKGEO_DEMO_KEEP_RUNNING:-0}" = 1 ]; then

@@ -7,6 +7,8 @@
 - :mod:`~htmlreport.sections.set_detail`: one set's cards, NNK degree histogram,
   per-class charts, suspects table and per-class numbers;
 - :mod:`~htmlreport.sections.map_figure`: a set's 2-D map figure, and which map it draws;
+- :mod:`~htmlreport.sections.compare`: a compare job's point-by-point overlaps, a drift
+  job's scores and verdict, and the overlap of consecutive sets of the same points;
 - :mod:`~htmlreport.sections.guide`: how to read the report.
 
 :mod:`~htmlreport.sections.vocabulary` holds what several sections share: how the page

@@ -9,7 +9,16 @@ from collections.abc import Sequence
 
 from api_schemas import Report
 from htmlreport.charts import captioned_figure, line_chart
-from htmlreport.sections.vocabulary import LOO_LINE_STYLES, LOO_SERIES, REGIME_TEXT
+from htmlreport.sections.vocabulary import (
+    FLAG_FACTS,
+    LOO_LINE_STYLES,
+    LOO_SERIES,
+    REGIME_TEXT,
+    UNCHARTED_FACTS,
+    fact_name,
+    fact_value,
+    regime_badge,
+)
 from htmlreport.svg import ElementIds
 from htmlreport.text import escaped, fmt
 
@@ -41,8 +50,9 @@ def comparison_section(ids: ElementIds, report: Report) -> str:
     -------
     str
         The ``<section id="comparison">`` element: a line chart per group of metrics
-        that has a value (and one per numeric extra fact), and the regime of each set;
-        an empty string when ``report.comparison`` is None.
+        that has a value (and one per numeric extra fact that varies across the sets),
+        and a table of each set's regime and flags (a study's ``fitted``, its training
+        seed); an empty string when ``report.comparison`` is None.
     """
     comparison = report.comparison
     if comparison is None:
@@ -108,29 +118,48 @@ def comparison_section(ids: ElementIds, report: Report) -> str:
         ),
     ]
     for path in comparison.series:
-        # A fact that is the same for every set, a seed or a 0/1 flag is no line to follow.
-        if not path.startswith("extra.") or path in ("extra.fitted", "extra.seed"):
+        # A fact that is the same for every set, a seed, a size of the architecture or a
+        # 0/1 flag is no line to follow: the table below (or the headline table) has it.
+        fact = path.removeprefix("extra.")
+        if not path.startswith("extra.") or fact in UNCHARTED_FACTS:
             continue
         if len({value for value in _series(report, path) if value is not None}) < 2:
             continue
-        name = path.removeprefix("extra.").replace("_", " ")
-        figures.append(chart(name.capitalize(), [(path, name)], name, from_zero=False))
+        name = fact_name(fact)
+        figures.append(chart(name[:1].upper() + name[1:], [(path, name)], name, from_zero=False))
+    return (
+        '<section id="comparison"><h2>Comparison across sets</h2>'
+        f'<div class="grid">{"".join(f for f in figures if f)}</div>'
+        f"{_per_set_table(report)}</section>"
+    )
+
+
+def _per_set_table(report: Report) -> str:
+    """The regime of each set, and its flags and seed, as a table: marks, not lines."""
+    assert report.comparison is not None
+    comparison = report.comparison
+    rows = []
     regimes = comparison.series.get("regime")
-    regime_row = ""
     if regimes and any(regimes):
         cells = "".join(
-            f'<td><span class="badge regime-{escaped(r)}">{escaped(r)}</span></td>'
+            f"<td>{regime_badge(r)}</td>"
             if r in REGIME_TEXT
             else f"<td>{escaped(r if r is not None else '–')}</td>"
             for r in regimes
         )
-        head = "".join(f'<th scope="col">{escaped(n)}</th>' for n in names)
-        regime_row = (
-            '<div class="panel" style="margin-top:16px"><table><caption>Regime per set'
-            f'</caption><thead><tr><th scope="col"></th>{head}</tr></thead><tbody><tr>'
-            f'<th scope="row">regime</th>{cells}</tr></tbody></table></div>'
-        )
+        rows.append(f'<tr><th scope="row">regime</th>{cells}</tr>')
+    for fact in (*sorted(FLAG_FACTS), "seed"):
+        values = comparison.series.get(f"extra.{fact}")
+        if values is None or all(value is None for value in values):
+            continue
+        cells = "".join(f"<td>{escaped(fact_value(fact, value))}</td>" for value in values)
+        rows.append(f'<tr><th scope="row">{escaped(fact_name(fact))}</th>{cells}</tr>')
+    if not rows:
+        return ""
+    head = "".join(f'<th scope="col">{escaped(n)}</th>' for n in comparison.sets)
+    caption = "Regime per set" if len(rows) == 1 and regimes else "Per set"
     return (
-        '<section id="comparison"><h2>Comparison across sets</h2>'
-        f'<div class="grid">{"".join(f for f in figures if f)}</div>{regime_row}</section>'
+        '<div class="panel" style="margin-top:16px"><table><caption>'
+        f'{caption}</caption><thead><tr><th scope="col"></th>{head}</tr></thead><tbody>'
+        f"{''.join(rows)}</tbody></table></div>"
     )

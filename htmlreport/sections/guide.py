@@ -1,6 +1,6 @@
 """The page's last section: what each metric means, in a sentence or two.
 
-DESIGN section 2 defines every metric; this is the reader's short version.
+docs/ALGORITHM.md defines every metric; this is the reader's short version.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ GUIDE: tuple[tuple[str, str], ...] = (
     ),
     (
         "Regime",
-        "homogeneous when both NNK LOO errors are at most 1 %; weighted when only the"
-        " weighted one is; not interpolating otherwise.",
+        "homogeneous when both NNK LOO errors are at most 1 % (neighbourhoods are label-pure);"
+        " weighted when only the weighted one is (only the NNK weights recover the labels);"
+        " not interpolating otherwise (even NNK interpolation misses over 1 % of the labels).",
     ),
     (
         "Suspects",
@@ -59,5 +60,6 @@ def guide_section() -> str:
     items = "".join(f"<dt>{escaped(term)}</dt><dd>{escaped(text)}</dd>" for term, text in GUIDE)
     return (
         '<section id="guide"><h2>How to read this report</h2>'
-        f'<dl class="guide">{items}</dl></section>'
+        f'<dl class="guide">{items}</dl><p class="meta">The formulas behind each number:'
+        " <code>docs/ALGORITHM.md</code> in the nnkgeo repository.</p></section>"
     )

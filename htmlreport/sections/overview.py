@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from api_schemas import Report, SetReport
 from htmlreport.charts import bar_chart
-from htmlreport.sections.vocabulary import LOO_SERIES, REGIME_TEXT
+from htmlreport.sections.vocabulary import (
+    LOO_SERIES,
+    REGIME_TEXT,
+    fact_name,
+    fact_value,
+    regime_badge,
+)
 from htmlreport.svg import ElementIds
 from htmlreport.text import escaped, fmt
 
@@ -81,17 +87,17 @@ def _headline_table(report: Report) -> str:
         for rows in per_set:
             value = rows.get(metric, "–")
             if metric == "regime" and value in REGIME_TEXT:
-                value_html = f'<span class="badge regime-{escaped(value)}">{escaped(value)}</span>'
+                value_html = regime_badge(value)
             else:
                 value_html = escaped(value)
             cells.append(f"<td>{value_html}</td>")
         body.append(f'<tr><th scope="row">{escaped(metric)}</th>{"".join(cells)}</tr>')
     for name in extra_names:
         cells = "".join(
-            f"<td>{escaped(fmt(s.extra.get(name)) if name in s.extra else '–')}</td>"
+            f"<td>{escaped(fact_value(name, s.extra.get(name)) if name in s.extra else '–')}</td>"
             for s in report.sets
         )
-        body.append(f'<tr><th scope="row">{escaped(name)}</th>{cells}</tr>')
+        body.append(f'<tr><th scope="row">{escaped(fact_name(name))}</th>{cells}</tr>')
     return (
         '<div class="panel"><table><caption>Headline numbers per set</caption>'
         f'<thead><tr><th scope="col">metric</th>{header}</tr></thead>'

@@ -6,7 +6,7 @@ from api_schemas import ClassMetrics, SetReport
 from htmlreport.charts import bar_chart, captioned_figure
 from htmlreport.embedding_map import EmbeddingMap
 from htmlreport.sections.map_figure import map_figure
-from htmlreport.sections.vocabulary import LOO_SERIES, REGIME_TEXT
+from htmlreport.sections.vocabulary import LOO_SERIES, REGIME_TEXT, fact_name, fact_value
 from htmlreport.svg import ElementIds
 from htmlreport.text import escaped, fmt
 
@@ -292,7 +292,10 @@ def set_section(
     if set_report.extra:
         extra = (
             '<p class="meta">'
-            + " · ".join(f"{escaped(k)}: {escaped(fmt(v))}" for k, v in set_report.extra.items())
+            + " · ".join(
+                f"{escaped(fact_name(k))}: {escaped(fact_value(k, v))}"
+                for k, v in set_report.extra.items()
+            )
             + "</p>"
         )
     return (

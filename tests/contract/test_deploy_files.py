@@ -208,6 +208,8 @@ def test_the_image_warms_a_writable_numba_cache_after_installing_the_engine(dock
 def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     first_lines = [line for line in readme.splitlines() if line.strip()][:4]
+    # The title first, then the two commands directly under it (issue 15).
+    assert first_lines[0] == "# nnkgeo", first_lines
     assert any(line.startswith("./scripts/demo.sh") for line in first_lines), first_lines
     assert any(line.startswith("./scripts/test.sh") for line in first_lines), first_lines
     documented = set(re.findall(r"`(NNKGEO_[A-Z0-9_]+)`", readme))

@@ -127,7 +127,9 @@ def test_served_page_loads_in_chromium_without_errors_or_requests(
     assert seen.errors == []
     assert seen.requests == [url]
     assert seen.facts["scrollWidth"] <= seen.facts["innerWidth"]
-    assert len(seen.facts["svgs"]) == 1 + 4 + 4 * 2  # overview, comparison, four per set (map)
+    # The LOO overview, four comparison charts, the neighbourhood overlap of the two sets
+    # (the same points, as pixels and as PCA), and four plots per set (the map included).
+    assert len(seen.facts["svgs"]) == 1 + 4 + 1 + 4 * 2
     image = decode_png(seen.screenshot)[..., :3].reshape(-1, 3)
     assert np.any(image != np.array([0xF6, 0xF7, 0xF9]), axis=1).mean() > 0.02
 

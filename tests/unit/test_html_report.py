@@ -56,6 +56,14 @@ SVG_PER_SET = 4  # degree histogram, homogeneity per class, LOO per class, 2-D m
 MALICIOUS = '<script>alert("x")</script>'
 
 
+def _plots_beside_the_sets(report: Report) -> int:
+    """Plots of the digits page outside the set sections: the LOO overview, four
+    comparison charts, and the neighbourhood overlap of consecutive sets (the two sets
+    are the same points)."""
+    assert report.comparison is not None
+    return 1 + 4 + (1 if report.comparison.overlap_consecutive else 0)
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A report of digits in two spaces, its inputs, and its page."""
@@ -207,8 +215,7 @@ def test_page_has_the_sections_and_one_titled_svg_per_plot(digits_page: Rendered
     svgs = [e for e in root.iter() if e.tag == "svg"]
 
     n_sets = len(digits_page.report.sets)
-    # The LOO overview, four comparison charts, and the plots of each set.
-    assert len(svgs) == 1 + 4 + SVG_PER_SET * n_sets
+    assert len(svgs) == _plots_beside_the_sets(digits_page.report) + SVG_PER_SET * n_sets
     assert {"overview", "comparison", "set-1", "set-2", "guide"} <= ids
     for svg in svgs:
         first, second = [c for c in svg.children if isinstance(c, _Element)][:2]
@@ -267,7 +274,8 @@ def test_without_embeddings_the_map_gives_way_to_a_note(digits_page: Rendered) -
     root = parse(html)
 
     svgs = [e for e in root.iter() if e.tag == "svg"]
-    assert len(svgs) == 1 + 4 + (SVG_PER_SET - 1) * len(digits_page.report.sets)
+    n_sets = len(digits_page.report.sets)
+    assert len(svgs) == _plots_beside_the_sets(digits_page.report) + (SVG_PER_SET - 1) * n_sets
     assert html.count("the embeddings were not given") == len(digits_page.report.sets)
 
 
@@ -511,6 +519,219 @@ def test_nice_ticks_cover_the_range_in_round_steps(
 
 
 # --------------------------------------------------------------------------------------
+# What a reader sees first: parameters in words, the inputs and the date of a local page
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON_LITERALS = ("None", "True", "False", "[]")
+
+
+def _fragment(html: str) -> _Element:
+    """A part of the page (a header, a section) as a tree, checked for nesting."""
+    parser = _TreeParser()
+    parser.feed(html)
+    parser.close()
+    assert len(parser.stack) == 1, f"unclosed: {[e.tag for e in parser.stack[1:]]}"
+    return parser.root
+
+
+def _parameter_chips(html: str) -> dict[str, str]:
+    """The page's parameter chips as ``{name: shown value}``, read from the header."""
+    header = html[html.index("<header>") : html.index("</header>") + len("</header>")]
+    line = next(p for p in _fragment(header).iter() if p.tag == "p" and "parameters:" in p.text())
+    chips = [chip.text() for chip in line.iter() if chip.tag == "code"]
+    return dict(chip.split("=", 1) for chip in chips)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected", "absent"),
+    [
+        (
+            {"kernel": "gaussian"},
+            {"kernel": "gaussian", "sigma": "auto", "ignore_identical": "no", "baselines": "none"},
+            (),
+        ),
+        (
+            {"kernel": "gaussian", "sigma": 0.5, "ignore_identical": True},
+            {"sigma": "0.5", "ignore_identical": "yes"},
+            (),
+        ),
+        (
+            {"baselines": ["linear_probe"], "knn": "exact"},
+            {"kernel": "cosine", "baselines": "linear_probe", "knn": "exact", "k": "50"},
+            ("sigma",),  # a bandwidth means nothing under the cosine kernel
+        ),
+    ],
+)
+def test_parameter_chips_show_values_in_words_not_python(
+    digits_page: Rendered, params: dict[str, Any], expected: dict[str, str], absent: tuple
+) -> None:
+    report = digits_page.report.model_copy(update={"params": AnalysisParams(**params)})
+
+    chips = _parameter_chips(render_report_html(report))
+
+    assert {name: chips.get(name) for name in expected} == expected
+    assert not set(absent) & set(chips)
+    assert not [v for v in chips.values() if v in PYTHON_LITERALS or v.startswith("[")], chips
+    # Every parameter the report ran with has its chip, except a sigma that cannot apply.
+    assert set(chips) == set(AnalysisParams.model_fields) - set(absent)
+
+
+def test_chip_tooltips_give_each_parameters_meaning(digits_page: Rendered) -> None:
+    html = digits_page.html
+    header = _fragment(html[html.index("<header>") : html.index("</header>") + len("</header>")])
+    chip = next(e for e in header.iter() if e.tag == "code" and e.text().startswith("k="))
+    assert chip.attrs["title"] == AnalysisParams.model_fields["k"].description
+
+
+def test_page_names_its_inputs_and_when_it_was_made(digits_page: Rendered) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    made = datetime(2026, 12, 2, 9, 5, 30, tzinfo=timezone(timedelta(hours=2)))
+    html = render_report_html(
+        digits_page.report,
+        inputs=[("embeddings", "runs/<b>layer4</b>.npy"), ("labels", "y.npy")],
+        generated_at=made,
+    )
+    header = _fragment(html[html.index("<header>") : html.index("</header>") + len("</header>")])
+    lines = [p.text() for p in header.iter() if p.tag == "p"]
+
+    assert (
+        "embeddings: runs/<b>layer4</b>.npy · labels: y.npy · generated 2026-12-02 07:05 UTC"
+        in (lines)
+    ), lines
+    stamp = next(e for e in header.iter() if e.tag == "time")
+    assert datetime.fromisoformat(stamp.attrs["datetime"]) == made.astimezone(UTC)
+    # Without them (the service's page, which names its job) nothing is made up, and the
+    # same report still renders to the same bytes.
+    assert "generated" not in digits_page.html[: digits_page.html.index("</header>")]
+    assert render_report_html(digits_page.report) == render_report_html(digits_page.report)
+
+
+def test_nnkgeo_analyze_html_names_its_files_and_date(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    data = load_digits()
+    np.save(tmp_path / "layer4.npy", data.data[:300].astype(np.float32))
+    np.save(tmp_path / "y.npy", data.target[:300])
+    before = datetime.now(UTC).replace(second=0, microsecond=0)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnkgeo",
+            "analyze",
+            str(tmp_path / "layer4.npy"),
+            "--labels",
+            str(tmp_path / "y.npy"),
+            "--k",
+            "8",
+            "--kernel",
+            "gaussian",
+            "--out",
+            str(tmp_path / "report.json"),
+            "--html",
+            str(tmp_path / "report.html"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    after = datetime.now(UTC)
+    assert completed.returncode == 0, completed.stderr
+
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    header = _fragment(html[html.index("<header>") : html.index("</header>") + len("</header>")])
+    lines = [p.text() for p in header.iter() if p.tag == "p"]
+    provenance = next(line for line in lines if "generated" in line)
+    assert provenance.startswith(
+        f"embeddings: {tmp_path / 'layer4.npy'} · labels: {tmp_path / 'y.npy'} · generated "
+    ), provenance
+    stamp = datetime.fromisoformat(
+        next(e for e in header.iter() if e.tag == "time").attrs["datetime"]
+    )
+    assert before <= stamp <= after
+    assert _parameter_chips(html)["sigma"] == "auto"
+
+
+# --------------------------------------------------------------------------------------
+# A study's facts across its models: lines only for what varies, titles in words
+
+
+STUDY_FACTS = [
+    # parameters, seed, fitted, test accuracy, final loss: vary; depth, dropped rows: do not.
+    {"parameters": 310, "seed": 0, "fitted": 0, "test_accuracy": 0.87, "final_loss": 0.35},
+    {"parameters": 1210, "seed": 0, "fitted": 1, "test_accuracy": 0.95, "final_loss": 0.03},
+    {"parameters": 4810, "seed": 0, "fitted": 1, "test_accuracy": 0.97, "final_loss": 0.01},
+]
+
+
+@pytest.fixture(scope="module")
+def facts_page() -> str:
+    """Three small sets carrying a study's facts in ``extra``, as run_study writes them."""
+    data = load_digits()
+    sets = []
+    for i, facts in enumerate(STUDY_FACTS):
+        rows = slice(300 * i, 300 * (i + 1))
+        extra = {**facts, "depth": 2, "dropped_zero_rows": 0, "width": 4**i, "layer": "fc"}
+        sets.append(
+            EmbeddingSet(
+                f"mlp-d2-w{4**i}",
+                data.data[rows].astype(np.float32),
+                data.target[rows],
+                extra=extra,
+            )
+        )
+    return render_report_html(analyze(sets, params=AnalysisParams(k=8), n_threads=1).report)
+
+
+def _section(html: str, section_id: str) -> str:
+    section = html[html.index(f'<section id="{section_id}">') :]
+    return section[: section.index("</section>") + len("</section>")]
+
+
+def test_comparison_charts_only_facts_that_vary_under_titles_in_words(facts_page: str) -> None:
+    import re
+
+    comparison = _section(facts_page, "comparison")
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", comparison)
+
+    assert {"Parameters", "Test accuracy", "Final loss"} <= set(captions), captions
+    # Constant facts (depth, dropped rows), the seed, the widths and the fitted flag
+    # are no lines to follow.
+    for uncharted in ("Hidden layers", "Rows dropped (all zero)", "Training seed", "Width"):
+        assert uncharted not in captions
+    assert not [c for c in captions if "fitted" in c.lower() or "_" in c], captions
+    assert "fitted" not in " ".join(re.findall(r"<title>(.*?)</title>", comparison)).lower()
+
+
+def test_fitted_flag_is_a_row_of_yes_and_no_marks(facts_page: str) -> None:
+    table = next(
+        t for t in _fragment(_section(facts_page, "comparison")).iter() if t.tag == "table"
+    )
+    rows = {
+        row.children[0].text(): [cell.text() for cell in row.children[1:]]
+        for row in table.iter()
+        if row.tag == "tr" and row.children and row.children[0].attrs.get("scope") == "row"
+    }
+    assert rows["fitted"] == ["no", "yes", "yes"]
+    assert rows["training seed"] == ["0", "0", "0"]
+    assert len(rows["regime"]) == 3
+
+
+def test_facts_are_named_in_words_everywhere_on_the_page(facts_page: str) -> None:
+    text = parse(facts_page).text()
+    for field_name in ("dropped_zero_rows", "final_loss", "test_accuracy", "extra."):
+        assert field_name not in text
+    overview = _fragment(_section(facts_page, "overview"))
+    headers = [e.text() for e in overview.iter() if e.tag == "th" and e.attrs.get("scope") == "row"]
+    assert {"rows dropped (all zero)", "hidden layers", "fitted", "final loss"} <= set(headers)
+    first_set = _section(facts_page, "set-1")
+    assert "fitted: no" in first_set and "hidden layers: 2" in first_set
+
+
+# --------------------------------------------------------------------------------------
 # In a real browser
 
 
@@ -672,6 +893,10 @@ _PAGE_FACTS = """JSON.stringify({
         const r = s.getBoundingClientRect();
         return [r.width, r.height];
     }),
+    headerLines: [...document.querySelectorAll('header p')].map(p => p.innerText),
+    captions: [...document.querySelectorAll('figcaption')].map(f => f.innerText),
+    comparisonRows: [...document.querySelectorAll('#comparison tr')].map(
+        tr => [...tr.children].map(cell => cell.innerText)),
 })"""
 
 
@@ -880,7 +1105,10 @@ def test_page_renders_in_chromium_without_errors_or_requests(
     ), seen.requests
     # Readable on a laptop: nothing wider than the window, every plot drawn at a size.
     assert seen.facts["scrollWidth"] <= seen.facts["innerWidth"]
-    assert len(seen.facts["svgs"]) == 1 + 4 + SVG_PER_SET * len(digits_page.report.sets)
+    n_sets = len(digits_page.report.sets)
+    assert len(seen.facts["svgs"]) == _plots_beside_the_sets(digits_page.report) + (
+        SVG_PER_SET * n_sets
+    )
     assert all(w > 300 and h > 150 for w, h in seen.facts["svgs"]), seen.facts["svgs"]
     image = decode_png(seen.screenshot)
     assert image.shape[:2] == (2000, 1280)
@@ -891,3 +1119,52 @@ def test_page_renders_in_chromium_without_errors_or_requests(
     packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
     _, counts = np.unique(packed, return_counts=True)
     assert (counts > 50).sum() >= 8, "the screenshot should show several distinct colours"
+
+
+@pytest.mark.slow
+def test_local_page_reads_in_words_in_chromium(
+    digits_page: Rendered, browser: DevTools, tmp_path: Path
+) -> None:
+    """What a person sees: the inputs, the date, the parameters in words."""
+    from datetime import UTC, datetime
+
+    report = digits_page.report.model_copy(
+        update={"params": AnalysisParams(k=10, kernel="gaussian", ignore_identical=True)}
+    )
+    page = tmp_path / "local.html"
+    page.write_text(
+        render_report_html(
+            report,
+            inputs=[("embeddings", "layer4.npy"), ("labels", "y.npy")],
+            generated_at=datetime(2026, 12, 2, 7, 5, tzinfo=UTC),
+        ),
+        encoding="utf-8",
+    )
+
+    seen = visit(browser, page.as_uri())
+
+    assert seen.errors == []
+    lines = seen.facts["headerLines"]
+    assert "embeddings: layer4.npy · labels: y.npy · generated 2026-12-02 07:05 UTC" in lines
+    chips = next(line for line in lines if line.startswith("parameters:")).split()[1:]
+    assert {"sigma=auto", "ignore_identical=yes", "baselines=none", "k=10"} <= set(chips)
+    assert not [chip for chip in chips if chip.split("=", 1)[1] in PYTHON_LITERALS], chips
+
+
+@pytest.mark.slow
+def test_study_facts_read_in_words_in_chromium(
+    facts_page: str, browser: DevTools, tmp_path: Path
+) -> None:
+    """The comparison of a study's models as drawn: titles in words, the flag as marks."""
+    page = tmp_path / "facts.html"
+    page.write_text(facts_page, encoding="utf-8")
+
+    seen = visit(browser, page.as_uri())
+
+    assert seen.errors == []
+    captions = seen.facts["captions"]
+    assert "Test accuracy" in captions and "Parameters" in captions
+    assert not [c for c in captions if "_" in c or "fitted" in c.lower() or c == "Width"]
+    rows = {row[0]: row[1:] for row in seen.facts["comparisonRows"] if row}
+    assert rows["fitted"] == ["no", "yes", "yes"]
+    assert all(w > 300 and h > 150 for w, h in seen.facts["svgs"]), seen.facts["svgs"]

@@ -39,10 +39,47 @@ from workers.models.families import build_family_model, parameter_count
 from workers.models.loading import eager_model
 from workers.models.training import deterministic_torch, train_until_fit
 
-__all__ = ["StudyEmbeddingSet", "StudyModel", "run_study", "study_models"]
+__all__ = [
+    "TRAINING_PROGRESS_SHARE",
+    "StudyEmbeddingSet",
+    "StudyModel",
+    "run_study",
+    "scaled_progress",
+    "study_models",
+]
 
 # Share of a model's slot in the progress bar spent training; embedding is fast.
 _TRAIN_SHARE = 0.9
+
+TRAINING_PROGRESS_SHARE = 0.8
+"""Share of a whole study's progress bar that :func:`run_study` spans (training and
+embedding dominate); the analysis of its sets takes the rest. The service's worker splits
+a study job's progress the same way (``workers.progress.MODEL_PROGRESS_SHARE``)."""
+
+
+def scaled_progress(
+    progress: ProgressCallback | None, start: float, share: float
+) -> ProgressCallback | None:
+    """A callback that maps one phase's fractions 0..1 onto ``start .. start + share``.
+
+    Each phase of a study (training, then the analysis) reports its own 0..1; mapped
+    onto consecutive spans of one bar, the bar never runs backwards between phases.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> analysis = scaled_progress(lambda stage, f: seen.append(f), 0.8, 0.2)
+    >>> analysis("knn", 0.0); analysis("metrics", 1.0)
+    >>> seen
+    [0.8, 1.0]
+    """
+    if progress is None:
+        return None
+
+    def report(stage: str, fraction: float) -> None:
+        progress(stage, start + share * fraction)
+
+    return report
 
 
 @dataclass(frozen=True)
