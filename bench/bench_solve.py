@@ -5,9 +5,12 @@ Candidates come from an exact faiss search. Ours is wall time per node of
 included (what ``timings.solve_s`` / N measures). The reference is single-threaded, one
 node at a time: K_S and k_i with numpy, Cholesky, triangular solve, ``scipy.optimize.nnls``.
 The load average is printed: figures taken above 0.5 are not a quiet-machine measure.
-The target's ratio is the first (all threads, wall clock). Also printed: ours on one
-thread, and CPU seconds per node of both on one thread, which another process on the
-machine distorts least (a check on the per-core speed, not the target's measure).
+The target's ratio is the first (all threads, wall clock): ours and the reference are
+timed in turn ``--repeats`` times, and the median of the per-turn ratios is quoted (on
+a shared machine another process slows the two unevenly; taken in turn, each ratio
+compares the two under the same load). Also printed: ours on one thread, and CPU
+seconds per node of both on one thread, which another process on the machine distorts
+least (a check on the per-core speed, not the target's measure).
 
     python bench/bench_solve.py --n 20000 --d 64 --k 30
 """
@@ -76,11 +79,11 @@ def main() -> None:
     print(f"numba load/compile: {time.perf_counter() - started:.2f} s")
     load_before = os.getloadavg()
 
-    def per_node(n_threads: int | None) -> tuple[float, float]:
+    def per_node(n_threads: int | None, repeats: int = args.repeats) -> tuple[float, float]:
         """Median wall and CPU seconds per node of the whole compiled solve (scales and
         kernels included); CPU time counts every thread of the process."""
         walls, cpus = [], []
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             started, started_cpu = time.perf_counter(), time.process_time()
             scales = nnk_kernel.kernel_scales(points, kernel="cosine")
             nnk_kernel.solve_vectors(
@@ -95,15 +98,23 @@ def main() -> None:
             cpus.append((time.process_time() - started_cpu) / args.n)
         return float(np.median(walls)), float(np.median(cpus))
 
-    ours, _ = per_node(None)
-    ours_one_thread, ours_cpu = per_node(1)
     sample = np.random.default_rng(1).choice(args.n, size=min(args.ref_sample, args.n))
-    reference, reference_cpu = reference_per_node(points, candidates.indices, sample)
+    turns = []
+    for _ in range(args.repeats):
+        ours_turn, _ = per_node(None, repeats=1)
+        reference_turn, reference_cpu = reference_per_node(points, candidates.indices, sample)
+        turns.append((ours_turn, reference_turn, reference_cpu))
+    ours, reference, reference_cpu = (float(np.median(column)) for column in np.array(turns).T)
+    ratio = float(np.median([turn[1] / turn[0] for turn in turns]))
+    ours_one_thread, ours_cpu = per_node(1)
     print(f"N={args.n} d={args.d} k={args.k} threads={nnk_kernel.max_threads()}")
     print(f"compiled kernel: {ours * 1e6:.2f} us/node (all threads, median of {args.repeats})")
     print(f"compiled kernel: {ours_one_thread * 1e6:.2f} us/node (one thread)")
     print(f"scipy reference: {reference * 1e6:.2f} us/node (single thread)")
-    print(f"ratio: {reference / ours:.1f}x (all threads), {reference / ours_one_thread:.1f}x (one)")
+    print(
+        f"ratio: {ratio:.1f}x (all threads, median of {args.repeats} turns), "
+        f"{reference / ours_one_thread:.1f}x (one)"
+    )
     # CPU seconds, one thread each: what a busy machine distorts least (a check on the
     # wall-clock figures, not the target's measure).
     print(

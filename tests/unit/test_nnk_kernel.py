@@ -91,6 +91,30 @@ def test_rank_deficient_problems_reach_kkt_and_the_optimum(kernel, dim):
         assert _objective(gram[node], rhs[node], got) <= best + 1e-9, f"optimum of node {node}"
 
 
+@pytest.mark.parametrize("k", [5, 17, 30, 64])
+def test_rank_deficient_flags_exactly_the_singular_candidate_matrices(k):
+    # K = F F' (unit diagonal) from a factor F with r random columns: singular for r < k,
+    # its first vanishing pivot at column r (so every panel and row of the blocked
+    # factorisation is reached), and far from singular for r = 3k (eigenvalues around
+    # (1 - 3^-1/2)^2, not near the 1e-13 pivot rule). The flag is then the numerical rank.
+    # r >= 2: with r = 1 the candidates are copies of one another.
+    rng = np.random.default_rng(100 + k)
+    n_nodes = 80
+    columns = np.where(rng.random(n_nodes) < 0.5, rng.integers(2, k, n_nodes), 3 * k)
+    gram = np.empty((n_nodes, k, k))
+    for node, width in enumerate(columns):
+        factor = rng.standard_normal((k, width))
+        factor /= np.linalg.norm(factor, axis=1, keepdims=True)
+        gram[node] = factor @ factor.T
+        np.fill_diagonal(gram[node], 1.0)
+    flags = np.empty(n_nodes, dtype=bool)
+    nnk_kernel.solve_gram(gram, rng.uniform(0.1, 0.9, (n_nodes, k)), rank_deficient=flags)
+    expected = np.array([np.linalg.matrix_rank(g) < k for g in gram])
+    assert 0 < expected.sum() < n_nodes
+    np.testing.assert_array_equal(flags, expected)
+    np.testing.assert_array_equal(flags, columns < k)
+
+
 def test_planted_optima_are_found_and_tiny_weights_cut():
     # b = K theta* - slack, slack > 0 off the support of theta* and 0 on it: theta* is
     # the optimum (K theta - b = slack >= 0, = 0 where theta* > 0), known in advance.

@@ -9,8 +9,9 @@ arguments, ``tolerances = (identical, pivot, relative_zero)``, and are not compi
 
 Every function works in caller-provided scratch: the parallel loops allocate one slot
 of scratch per thread per call, and each node takes its thread's slot
-(``get_thread_id``). Three habits keep a node at a few microseconds:
+(``get_thread_id``). Four habits keep a node at a few microseconds:
 
+- indices are unsigned (``_at``, below), so that numba adds no wrap-around check;
 - arrays are indexed in place, never sliced or viewed (``a[i]``) in a loop, and the
   steps of the active set are written out, not called: numba updates the reference
   count of every view and every array argument of a call with an atomic instruction,
@@ -28,6 +29,12 @@ import math
 
 import numpy as np
 from numba import get_thread_id, njit, prange
+
+# numba wraps a negative index of a signed integer (``a[-1]``) on every access: a
+# compare and a select that also keep LLVM from vectorising the loop around it. Indices
+# that cannot be negative are cast to unsigned (``a[_at(i)]``), which numba takes as
+# they are: at k = 30 that halves the rank test and takes a quarter off the active set.
+_at = np.uint64
 
 # A new Cholesky pivot (squared) at or below this, relative to K_jj, means the entering
 # column is (numerically) a combination of the free ones: it is kept out of F.
@@ -56,25 +63,28 @@ def prepare_node(gram, rhs, allowed, identical):  # pragma: no cover - compiled
     k = rhs.shape[0]
     threshold = 1.0 - identical
     for j in range(k):
-        allowed[j] = allowed[j] and rhs[j] > 0.0
-    # Shadows are rare: first count the entries off the diagonal at K = 1, in one pass
-    # that vectorises.
+        allowed[_at(j)] = allowed[_at(j)] and rhs[_at(j)] > 0.0
+    # Shadows are rare: first count the entries off the diagonal at K = 1: those of the
+    # whole matrix in one pass over its k * k contiguous entries (long enough for the
+    # vector loop; rows of k = 30 would each end in its scalar remainder), less the
+    # diagonal's.
+    entries = gram.reshape(k * k)
     off_diagonal_ones = 0
+    for index in range(k * k):
+        off_diagonal_ones += entries[_at(index)] >= threshold
     for j in range(k):
-        for i in range(k):
-            off_diagonal_ones += gram[j, i] >= threshold
-        off_diagonal_ones -= gram[j, j] >= threshold
+        off_diagonal_ones -= gram[_at(j), _at(j)] >= threshold
     first_shadowed = k - 1 if off_diagonal_ones > 0 else 0
     for j in range(first_shadowed, 0, -1):
-        if allowed[j]:
+        if allowed[_at(j)]:
             # Row j, not column j (K is symmetric): contiguous. An OR over the whole row,
             # not a search with an early exit, so that it vectorises.
             shadowed = False
             for i in range(j):
-                shadowed |= (gram[j, i] >= threshold) & allowed[i]
-            allowed[j] = not shadowed
+                shadowed |= (gram[_at(j), _at(i)] >= threshold) & allowed[_at(i)]
+            allowed[_at(j)] = not shadowed
     for j in range(k):
-        if allowed[j] and rhs[j] >= threshold:
+        if allowed[_at(j)] and rhs[_at(j)] >= threshold:
             return j
     return -1
 
@@ -87,22 +97,22 @@ def _remove(factor, work, free, size, position):  # pragma: no cover - compiled
     columns (r, r+1) zeroes it and keeps L L' = K_FF without the deleted variable.
     """
     for row in range(position, size - 1):
-        free[row] = free[row + 1]
+        free[_at(row)] = free[_at(row + 1)]
         for col in range(row + 2):
-            factor[row, col] = factor[row + 1, col]
+            factor[_at(row), _at(col)] = factor[_at(row + 1), _at(col)]
     for row in range(position, size - 1):
-        a = factor[row, row]
-        b = factor[row, row + 1]
+        a = factor[_at(row), _at(row)]
+        b = factor[_at(row), _at(row + 1)]
         norm = math.hypot(a, b)
         cos, sin = (1.0, 0.0) if norm == 0.0 else (a / norm, b / norm)
         for below in range(row, size - 1):
-            left = factor[below, row]
-            right = factor[below, row + 1]
-            factor[below, row] = cos * left + sin * right
-            factor[below, row + 1] = cos * right - sin * left
-        factor[row, row] = norm
-        factor[row, row + 1] = 0.0
-        work[_INVERSE_DIAGONAL, row] = 1.0 / norm
+            left = factor[_at(below), _at(row)]
+            right = factor[_at(below), _at(row + 1)]
+            factor[_at(below), _at(row)] = cos * left + sin * right
+            factor[_at(below), _at(row + 1)] = cos * right - sin * left
+        factor[_at(row), _at(row)] = norm
+        factor[_at(row), _at(row + 1)] = 0.0
+        work[_INVERSE_DIAGONAL, _at(row)] = 1.0 / norm
 
 
 @njit(cache=True)
@@ -121,113 +131,142 @@ def _active_set(
     """
     k = rhs.shape[0]
     for j in range(k):
-        weights[j] = 0.0
-        state[j] = _OPEN if allowed[j] else _BARRED
+        weights[_at(j)] = 0.0
+        state[_at(j)] = _OPEN if allowed[_at(j)] else _BARRED
     size = 0
     solved = 0  # rows of work[_HALF] still valid
     for _ in range(4 * k + 16):
-        # K w - b by columns of K (rows, K being symmetric), in a fixed order.
+        # K w - b by columns of K (rows, K being symmetric), in a fixed order. Two
+        # columns a pass, added one after the other (the same rounding): each pass
+        # loads and stores the gradient, and the next pass waits for those stores.
         for j in range(k):
-            work[_GRADIENT, j] = -rhs[j]
-        for position in range(size):
-            column = free[position]
+            work[_GRADIENT, _at(j)] = -rhs[_at(j)]
+        for position in range(0, size - 1, 2):
+            column = _at(free[_at(position)])
+            weight = weights[column]
+            other = _at(free[_at(position + 1)])
+            other_weight = weights[other]
+            for j in range(k):
+                work[_GRADIENT, _at(j)] = (
+                    work[_GRADIENT, _at(j)] + gram[column, _at(j)] * weight
+                ) + gram[other, _at(j)] * other_weight
+        if size % 2 == 1:
+            column = _at(free[_at(size - 1)])
             weight = weights[column]
             for j in range(k):
-                work[_GRADIENT, j] += gram[column, j] * weight
+                work[_GRADIENT, _at(j)] += gram[column, _at(j)] * weight
+        # The steepest descent among open candidates, the first of equals. Arithmetic,
+        # not a branch on the state (LLVM turns even a select back into one, and its
+        # mispredictions cost more than the rest of the scan): a candidate not open
+        # sinks far below any tolerance. Two running maxima (even and odd candidates),
+        # merged after: one is a chain of dependent compares, a few cycles a candidate.
         entering = -1
         steepest = pivot
-        for j in range(k):
-            # Arithmetic, not a branch on the state (LLVM turns even a select back into
-            # one, and its mispredictions cost more than the rest of the scan): a
-            # candidate not open sinks far below any tolerance.
-            descent = -work[_GRADIENT, j] - _SUNK * (state[j] != _OPEN)
+        odd_entering = -1
+        odd_steepest = pivot
+        for even in range(0, k - 1, 2):
+            descent = -work[_GRADIENT, _at(even)] - _SUNK * (state[_at(even)] != _OPEN)
             if descent > steepest:
                 steepest = descent
-                entering = j
+                entering = even
+            odd = even + 1
+            descent = -work[_GRADIENT, _at(odd)] - _SUNK * (state[_at(odd)] != _OPEN)
+            if descent > odd_steepest:
+                odd_steepest = descent
+                odd_entering = odd
+        if k % 2 == 1:
+            descent = -work[_GRADIENT, _at(k - 1)] - _SUNK * (state[_at(k - 1)] != _OPEN)
+            if descent > steepest:
+                steepest = descent
+                entering = k - 1
+        if odd_steepest > steepest or (odd_steepest == steepest and 0 <= odd_entering < entering):
+            steepest = odd_steepest
+            entering = odd_entering
         if entering < 0:
             # A plain loop: numba compiles no generator expressions.
             for j in range(k):
-                if state[j] == _KEPT_OUT and -work[_GRADIENT, j] > _KEPT_OUT_KKT:
+                if state[_at(j)] == _KEPT_OUT and -work[_GRADIENT, _at(j)] > _KEPT_OUT_KKT:
                     return False
             return True
-        # Append the entering column to L: solve L l = K[F, entering] by columns (each
-        # solved entry updates the ones below it), so that the chain of dependent
-        # operations is one multiply-add per entry, not a dot product per entry.
+        new = _at(entering)
+        last = _at(size)
+        # Append the entering column to L: solve L l = K[F, entering] by rows, each
+        # entry a running difference kept in a register (the order of the operations
+        # is that of a solve by columns; a solve by columns stores and reloads every
+        # entry once per column, and each reload waits for the store before it).
         for row in range(size):
-            factor[size, row] = gram[entering, free[row]]
+            total = gram[new, _at(free[_at(row)])]
+            for col in range(row):
+                total -= factor[_at(row), _at(col)] * factor[last, _at(col)]
+            factor[last, _at(row)] = total * work[_INVERSE_DIAGONAL, _at(row)]
+        residual = gram[new, new]
         for col in range(size):
-            value = factor[size, col] * work[_INVERSE_DIAGONAL, col]
-            factor[size, col] = value
-            for row in range(col + 1, size):
-                factor[size, row] -= factor[row, col] * value
-        residual = gram[entering, entering]
-        for col in range(size):
-            residual -= factor[size, col] * factor[size, col]
-        if not residual > _SINGULAR_PIVOT * gram[entering, entering]:
-            state[entering] = _KEPT_OUT
+            residual -= factor[last, _at(col)] * factor[last, _at(col)]
+        if not residual > _SINGULAR_PIVOT * gram[new, new]:
+            state[new] = _KEPT_OUT
             continue
-        factor[size, size] = math.sqrt(residual)
-        work[_INVERSE_DIAGONAL, size] = 1.0 / factor[size, size]
-        free[size] = entering
-        state[entering] = _IN_FREE
+        factor[last, last] = math.sqrt(residual)
+        work[_INVERSE_DIAGONAL, last] = 1.0 / factor[last, last]
+        free[last] = entering
+        state[new] = _IN_FREE
         size += 1
         first_step = True
         while True:
             # work[_CANDIDATE, :size] = K_FF^{-1} b_F. work[_HALF] = L^{-1} b_F is kept:
             # its rows before ``solved`` are still valid (L and F only grew since), so an
             # appended variable costs one row of the forward solve. The back substitution
-            # runs by rows of L (columns of L'), without a reduction.
+            # keeps each entry's running difference in a register, as the append does.
             for row in range(solved, size):
-                total = rhs[free[row]]
+                total = rhs[_at(free[_at(row)])]
                 for col in range(row):
-                    total -= factor[row, col] * work[_HALF, col]
-                work[_HALF, row] = total * work[_INVERSE_DIAGONAL, row]
-            for row in range(size):
-                work[_CANDIDATE, row] = work[_HALF, row]
-            for row in range(size - 1, -1, -1):
-                value = work[_CANDIDATE, row] * work[_INVERSE_DIAGONAL, row]
-                work[_CANDIDATE, row] = value
-                for col in range(row):
-                    work[_CANDIDATE, col] -= factor[row, col] * value
+                    total -= factor[_at(row), _at(col)] * work[_HALF, _at(col)]
+                work[_HALF, _at(row)] = total * work[_INVERSE_DIAGONAL, _at(row)]
+            for col in range(size - 1, -1, -1):
+                total = work[_HALF, _at(col)]
+                for row in range(size - 1, col, -1):
+                    total -= factor[_at(row), _at(col)] * work[_CANDIDATE, _at(row)]
+                work[_CANDIDATE, _at(col)] = total * work[_INVERSE_DIAGONAL, _at(col)]
             solved = size
             feasible = True
             for position in range(size):
-                if not math.isfinite(work[_CANDIDATE, position]):
+                if not math.isfinite(work[_CANDIDATE, _at(position)]):
                     return False
-                feasible = feasible and work[_CANDIDATE, position] > 0.0
+                feasible = feasible and work[_CANDIDATE, _at(position)] > 0.0
             if feasible:
                 for position in range(size):
-                    weights[free[position]] = work[_CANDIDATE, position]
+                    weights[_at(free[_at(position)])] = work[_CANDIDATE, _at(position)]
                 for j in range(k):
-                    state[j] = _OPEN if state[j] == _KEPT_OUT else state[j]
+                    state[_at(j)] = _OPEN if state[_at(j)] == _KEPT_OUT else state[_at(j)]
                 break
-            if first_step and work[_CANDIDATE, size - 1] <= 0.0:
+            if first_step and work[_CANDIDATE, _at(size - 1)] <= 0.0:
                 # The entering variable cannot grow (rounding at the pivot tolerance):
                 # leave it out, as Lawson and Hanson do, and pick another.
                 size -= 1
                 solved = size
-                state[entering] = _KEPT_OUT
+                state[new] = _KEPT_OUT
                 break
             first_step = False
             # Step from the weights towards the candidate as far as feasibility allows.
             step = 1.0
             blocking = -1
             for position in range(size):
-                if work[_CANDIDATE, position] <= 0.0:
-                    current = weights[free[position]]
-                    ratio = current / (current - work[_CANDIDATE, position])
+                if work[_CANDIDATE, _at(position)] <= 0.0:
+                    current = weights[_at(free[_at(position)])]
+                    ratio = current / (current - work[_CANDIDATE, _at(position)])
                     if ratio < step:
                         step = ratio
                         blocking = position
             for position in range(size):
-                current = weights[free[position]]
-                weights[free[position]] = current + step * (work[_CANDIDATE, position] - current)
+                member = _at(free[_at(position)])
+                current = weights[member]
+                weights[member] = current + step * (work[_CANDIDATE, _at(position)] - current)
             if blocking >= 0:
-                weights[free[blocking]] = 0.0
+                weights[_at(free[_at(blocking)])] = 0.0
             for position in range(size - 1, -1, -1):
-                if weights[free[position]] <= 0.0:
-                    weights[free[position]] = 0.0
-                    state[free[position]] = _OPEN
+                member = _at(free[_at(position)])
+                if weights[member] <= 0.0:
+                    weights[member] = 0.0
+                    state[member] = _OPEN
                     _remove(factor, work, free, size, position)
                     size -= 1
                     solved = min(solved, position)
@@ -237,30 +276,58 @@ def _active_set(
 
 
 @njit(cache=True)
-def rank_deficient(gram, factor):  # pragma: no cover - compiled
-    """Whether K is numerically singular: a Cholesky pivot vanishes (``factor`` (k, k) scratch).
+def rank_deficient(gram, factor, panel):  # pragma: no cover - compiled
+    """Whether K is numerically singular: a Cholesky pivot vanishes.
 
-    The factorisation runs on the upper triangle of a copy, row by row (right looking,
-    so that every update is a contiguous axpy), and stops at the first pivot at or below
-    ``_SINGULAR_PIVOT * K_jj``: the rule by which the active set keeps a column out of
-    F. Then the NNK optimum may not be unique (the solve still returns a basic one).
-    O(k^3 / 6) when K is regular.
+    Scratch: ``factor`` (k, k), ``panel`` (4, k) (the solve's ``work`` serves).
+
+    The pivots are those of the Cholesky factorisation R'R = K in the order of the
+    candidates, and the first at or below ``_SINGULAR_PIVOT * K_jj`` stops it: the rule
+    by which the active set keeps a column out of F. Then the NNK optimum may not be
+    unique (the solve still returns a basic one). O(k^3 / 6) when K is regular.
+
+    Right looking, on the upper triangle of a copy, by panels of four rows: the rows of
+    R in a panel are finished one after the other (each updated by the ones before it
+    in the panel), then every row below takes the four updates in one pass. The
+    operations and their order are those of the unblocked factorisation (the same
+    rounding); a pass does four times the work of a rank-one update for the same
+    cost of starting a short loop, which at k = 30 is most of the cost.
     """
     k = gram.shape[0]
     for a in range(k):
         for b in range(a, k):
-            factor[a, b] = gram[a, b]
-    for j in range(k):
-        pivot = factor[j, j]
-        if not pivot > _SINGULAR_PIVOT * gram[j, j]:
-            return True
-        inverse = 1.0 / math.sqrt(pivot)
-        for a in range(j + 1, k):
-            factor[j, a] *= inverse
-        for b in range(j + 1, k):
-            scaled = factor[j, b]
+            factor[_at(a), _at(b)] = gram[_at(a), _at(b)]
+    for first in range(0, k, 4):
+        height = min(4, k - first)
+        for p in range(height):
+            row = _at(first + p)
+            for q in range(p):
+                scaled = panel[_at(q), row]
+                for a in range(first + p, k):
+                    factor[row, _at(a)] -= scaled * panel[_at(q), _at(a)]
+            pivot = factor[row, row]
+            if not pivot > _SINGULAR_PIVOT * gram[row, row]:
+                return True
+            inverse = 1.0 / math.sqrt(pivot)
+            for a in range(first + p, k):
+                panel[_at(p), _at(a)] = factor[row, _at(a)] * inverse
+        if height < 4:
+            break
+        for b in range(first + 4, k):
+            below = _at(b)
+            s0 = panel[0, below]
+            s1 = panel[1, below]
+            s2 = panel[2, below]
+            s3 = panel[3, below]
             for a in range(b, k):
-                factor[b, a] -= scaled * factor[j, a]
+                at = _at(a)
+                factor[below, at] = (
+                    factor[below, at]
+                    - s0 * panel[0, at]
+                    - s1 * panel[1, at]
+                    - s2 * panel[2, at]
+                    - s3 * panel[3, at]
+                )
     return False
 
 
@@ -273,22 +340,23 @@ def finish_node(gram, rhs, weights, support, relative_zero):  # pragma: no cover
     k = rhs.shape[0]
     largest = 0.0
     for j in range(k):
-        largest = max(largest, weights[j])
+        largest = max(largest, weights[_at(j)])
     count = 0
     linear = 0.0
     for j in range(k):
-        if weights[j] > relative_zero * largest:
-            support[count] = j
+        if weights[_at(j)] > relative_zero * largest:
+            support[_at(count)] = j
             count += 1
-            linear += weights[j] * rhs[j]
+            linear += weights[_at(j)] * rhs[_at(j)]
         else:
-            weights[j] = 0.0
+            weights[_at(j)] = 0.0
     quadratic = 0.0
     for a in range(count):
-        row = support[a]
+        row = _at(support[_at(a)])
         total = 0.0
         for b in range(count):
-            total += gram[row, support[b]] * weights[support[b]]
+            column = _at(support[_at(b)])
+            total += gram[row, column] * weights[column]
         quadratic += weights[row] * total
     return 1.0 - 2.0 * linear + quadratic
 
@@ -341,7 +409,7 @@ def solve_gram_batch(
     factor, free, state, work, mask = solver_scratch(slots, k)
     for node in prange(n_nodes):
         slot = get_thread_id()
-        deficient[node] = rank_deficient(gram[node], factor[slot])
+        deficient[node] = rank_deficient(gram[node], factor[slot], work[slot])
         mask[slot, :] = allowed[node]
         settled[node] = solve_node(
             gram[node],
@@ -377,21 +445,24 @@ def _inner_products(rows, products):  # pragma: no cover - compiled
     out here, not called: a call would cost atomic reference counts on both arrays.
     """
     width = rows.shape[0]
-    for a in range(0, width, 4):
-        for b in range(a, width, 4):
+    for first in range(0, width, 4):
+        a = _at(first)
+        for second in range(first, width, 4):
+            b = _at(second)
             s00 = s01 = s02 = s03 = 0.0
             s10 = s11 = s12 = s13 = 0.0
             s20 = s21 = s22 = s23 = 0.0
             s30 = s31 = s32 = s33 = 0.0
-            for t in range(rows.shape[1]):
+            for step in range(rows.shape[1]):
+                t = _at(step)
                 p0 = rows[a, t]
-                p1 = rows[a + 1, t]
-                p2 = rows[a + 2, t]
-                p3 = rows[a + 3, t]
+                p1 = rows[a + _at(1), t]
+                p2 = rows[a + _at(2), t]
+                p3 = rows[a + _at(3), t]
                 q0 = rows[b, t]
-                q1 = rows[b + 1, t]
-                q2 = rows[b + 2, t]
-                q3 = rows[b + 3, t]
+                q1 = rows[b + _at(1), t]
+                q2 = rows[b + _at(2), t]
+                q3 = rows[b + _at(3), t]
                 s00 += p0 * q0
                 s01 += p0 * q1
                 s02 += p0 * q2
@@ -409,21 +480,21 @@ def _inner_products(rows, products):  # pragma: no cover - compiled
                 s32 += p3 * q2
                 s33 += p3 * q3
             products[a, b] = s00
-            products[a, b + 1] = s01
-            products[a, b + 2] = s02
-            products[a, b + 3] = s03
-            products[a + 1, b] = s10
-            products[a + 1, b + 1] = s11
-            products[a + 1, b + 2] = s12
-            products[a + 1, b + 3] = s13
-            products[a + 2, b] = s20
-            products[a + 2, b + 1] = s21
-            products[a + 2, b + 2] = s22
-            products[a + 2, b + 3] = s23
-            products[a + 3, b] = s30
-            products[a + 3, b + 1] = s31
-            products[a + 3, b + 2] = s32
-            products[a + 3, b + 3] = s33
+            products[a, b + _at(1)] = s01
+            products[a, b + _at(2)] = s02
+            products[a, b + _at(3)] = s03
+            products[a + _at(1), b] = s10
+            products[a + _at(1), b + _at(1)] = s11
+            products[a + _at(1), b + _at(2)] = s12
+            products[a + _at(1), b + _at(3)] = s13
+            products[a + _at(2), b] = s20
+            products[a + _at(2), b + _at(1)] = s21
+            products[a + _at(2), b + _at(2)] = s22
+            products[a + _at(2), b + _at(3)] = s23
+            products[a + _at(3), b] = s30
+            products[a + _at(3), b + _at(1)] = s31
+            products[a + _at(3), b + _at(2)] = s32
+            products[a + _at(3), b + _at(3)] = s33
 
 
 @njit(cache=True)
@@ -439,27 +510,32 @@ def node_kernels(
     """
     k = candidates.shape[0]
     dim = embeddings.shape[1]
-    for a in range(k + 1):
-        point = query if a == k else candidates[a]
+    last = _at(k)
+    for row in range(k + 1):
+        a = _at(row)
+        point = _at(query if row == k else candidates[a])
         scale = scales[point]
         for t in range(dim):
-            rows[a, t] = np.float64(embeddings[point, t]) * scale
+            rows[a, _at(t)] = np.float64(embeddings[point, _at(t)]) * scale
     _inner_products(rows, products)
     if not gaussian:
-        for a in range(k):
-            rhs[a] = min(max(products[a, k] * 0.5 + 0.5, 0.0), 1.0)
+        for row in range(k):
+            a = _at(row)
+            rhs[a] = min(max(products[a, last] * 0.5 + 0.5, 0.0), 1.0)
             # |cos| can exceed 1 by rounding; K stays in [0, 1] with an exact unit diagonal.
             gram[a, a] = 1.0
-            for b in range(a + 1, k):
+            for column in range(row + 1, k):
+                b = _at(column)
                 value = min(max(products[a, b] * 0.5 + 0.5, 0.0), 1.0)
                 gram[a, b] = value
                 gram[b, a] = value
         return
-    query_sq = products[k, k]
+    query_sq = products[last, last]
     farthest = 0.0
-    for a in range(k):
+    for row in range(k):
+        a = _at(row)
         # Squared distances by |x|^2 + |z|^2 - 2<x, z>, as the torch path computes them.
-        rhs[a] = max(query_sq + products[a, a] - 2.0 * products[a, k], 0.0)
+        rhs[a] = max(query_sq + products[a, a] - 2.0 * products[a, last], 0.0)
         farthest = max(farthest, rhs[a])
     if sigma > 0.0:
         bandwidth = sigma
@@ -469,10 +545,12 @@ def node_kernels(
         if not bandwidth > 0.0:
             bandwidth = 1.0
     two_sigma_sq = 2.0 * bandwidth * bandwidth
-    for a in range(k):
+    for row in range(k):
+        a = _at(row)
         rhs[a] = math.exp(-rhs[a] / two_sigma_sq)
         gram[a, a] = 1.0
-        for b in range(a + 1, k):
+        for column in range(row + 1, k):
+            b = _at(column)
             distance = max(products[a, a] + products[b, b] - 2.0 * products[a, b], 0.0)
             value = math.exp(-distance / two_sigma_sq)
             gram[a, b] = value
@@ -533,10 +611,12 @@ def solve_vectors_batch(
             node_rhs,
         )
         # The cosine K_S has rank at most dim + 1: singular whenever k exceeds it.
-        deficient[node] = (not gaussian and k > dim + 1) or rank_deficient(node_gram, factor[slot])
+        deficient[node] = (not gaussian and k > dim + 1) or rank_deficient(
+            node_gram, factor[slot], work[slot]
+        )
         node_mask = mask[slot]
         for j in range(k):
-            node_mask[j] = not (ignore_identical and node_rhs[j] >= 1.0 - identical)
+            node_mask[_at(j)] = not (ignore_identical and node_rhs[_at(j)] >= 1.0 - identical)
         settled[node] = solve_node(
             node_gram,
             node_rhs,
@@ -559,7 +639,7 @@ def inverse_norms(embeddings):  # pragma: no cover - compiled
     for point in range(n_points):
         total = 0.0
         for t in range(dim):
-            value = np.float64(embeddings[point, t])
+            value = np.float64(embeddings[_at(point), _at(t)])
             total += value * value
-        scales[point] = 1.0 / math.sqrt(total)
+        scales[_at(point)] = 1.0 / math.sqrt(total)
     return scales
