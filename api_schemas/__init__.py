@@ -23,6 +23,7 @@ from api_schemas.jobs import (
 )
 from api_schemas.params import AnalysisParams, ReportedParams
 from api_schemas.problems import Problem
+from api_schemas.quantiles import QuantileStats
 from api_schemas.report import (
     REPORT_SCHEMA_VERSION,
     ClassMetrics,
@@ -33,7 +34,6 @@ from api_schemas.report import (
     IntrinsicDimension,
     LabelSmoothness,
     LooError,
-    QuantileStats,
     Report,
     SetReport,
     Suspect,

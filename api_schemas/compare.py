@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from api_schemas.base import ResponseModel
+from api_schemas.quantiles import QuantileStats
 
 Label = int | str
 PointId = int | str | None
@@ -95,14 +96,6 @@ class KolmogorovSmirnovTest(ResponseModel):
     p_value: float
 
 
-class DriftQuantiles(ResponseModel):
-    mean: float
-    median: float
-    p10: float
-    p90: float
-    max: float
-
-
 class DriftedPoint(ResponseModel):
     index: int = Field(description="Row of the point in the current set.")
     id: PointId = Field(None, description="Its id, when the current set has ids.")
@@ -144,8 +137,8 @@ class DriftReport(ResponseModel):
         description="'drift' when ks.p_value < threshold."
     )
     threshold: float
-    current_reconstruction_error: DriftQuantiles
-    current_nnk_degree: DriftQuantiles
+    current_reconstruction_error: QuantileStats
+    current_nnk_degree: QuantileStats
     drifted: list[DriftedPoint] = Field(
         description="The 100 highest scores (ties: larger error, then smaller index)."
     )

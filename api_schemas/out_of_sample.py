@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from api_schemas.base import ResponseModel
+from api_schemas.quantiles import QuantileStats
 
 
 class OutOfSampleError(ResponseModel):
@@ -36,14 +37,6 @@ class OutOfSampleMcNemar(ResponseModel):
     )
 
 
-class OutOfSampleQuantiles(ResponseModel):
-    mean: float
-    median: float
-    p10: float
-    p90: float
-    max: float
-
-
 class OutOfSample(ResponseModel):
     """Each query point solved against its k nearest reference points (the set's own).
 
@@ -54,8 +47,8 @@ class OutOfSample(ResponseModel):
 
     n: int = Field(description="Query points.")
     error: OutOfSampleError | None = None
-    nnk_degree: OutOfSampleQuantiles = Field(description="NNK neighbours per query.")
-    reconstruction_error: OutOfSampleQuantiles
+    nnk_degree: QuantileStats = Field(description="NNK neighbours per query.")
+    reconstruction_error: QuantileStats
     mcnemar: OutOfSampleMcNemar | None = None
 
 

@@ -17,6 +17,7 @@ from api_schemas.base import ResponseModel
 from api_schemas.compare import CompareReport, DriftReport
 from api_schemas.out_of_sample import Baselines, NeuralCollapse, OutOfSample
 from api_schemas.params import AnalysisParams, ReportedParams
+from api_schemas.quantiles import QuantileStats
 from api_schemas.study import Study
 
 REPORT_SCHEMA_VERSION = "1.2"
@@ -66,14 +67,6 @@ class GraphStats(ResponseModel):
             "measured (a sharded job)."
         ),
     )
-
-
-class QuantileStats(ResponseModel):
-    mean: float
-    median: float
-    p10: float
-    p90: float
-    max: float
 
 
 class DegreeStats(QuantileStats):

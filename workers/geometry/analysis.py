@@ -25,7 +25,6 @@ from api_schemas import (
     GraphStats,
     IntrinsicDimension,
     LabelSmoothness,
-    QuantileStats,
     Report,
     SetReport,
     Timings,
@@ -38,7 +37,6 @@ from api_schemas.out_of_sample import (
     OutOfSample,
     OutOfSampleError,
     OutOfSampleMcNemar,
-    OutOfSampleQuantiles,
 )
 from api_schemas.params import resolve_knn
 from jobstate.checks import check_embedding_values, check_query_shapes, check_set_shapes
@@ -365,10 +363,6 @@ def _duplicate_pairs(candidate_indices: np.ndarray, query_kernel: np.ndarray) ->
     return int(np.unique(pairs, axis=0).shape[0])
 
 
-def _quantiles(stats: QuantileStats) -> OutOfSampleQuantiles:
-    return OutOfSampleQuantiles(**stats.model_dump())
-
-
 def _field_in_set(error: InvalidInputError, name: str) -> InvalidInputError:
     """The core's "query.x" / "reference.x" fields, as the set's request names them."""
     field_name = error.field
@@ -409,8 +403,8 @@ def measure_out_of_sample(
         graph = solve_queries(embedding_set.embeddings, queries, **solve)
         return OutOfSample(
             n=int(queries.shape[0]),
-            nnk_degree=_quantiles(metrics.quantile_stats((graph.weights > 0).sum(axis=1))),
-            reconstruction_error=_quantiles(metrics.quantile_stats(graph.reconstruction_error)),
+            nnk_degree=metrics.quantile_stats((graph.weights > 0).sum(axis=1)),
+            reconstruction_error=metrics.quantile_stats(graph.reconstruction_error),
         )
     try:
         held_out = out_of_sample_metrics(
@@ -431,8 +425,8 @@ def measure_out_of_sample(
             knn_weighted=held_out.error.knn_weighted,
             knn_unweighted=held_out.error.knn_unweighted,
         ),
-        nnk_degree=_quantiles(held_out.nnk_degree),
-        reconstruction_error=_quantiles(held_out.reconstruction_error),
+        nnk_degree=held_out.nnk_degree,
+        reconstruction_error=held_out.reconstruction_error,
         mcnemar=OutOfSampleMcNemar(
             weighted_vs_unweighted=McNemarTest(b=test.b, c=test.c, p_value=test.p_value)
         ),

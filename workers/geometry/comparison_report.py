@@ -22,7 +22,6 @@ from api_schemas.compare import (
     ClassOverlap,
     CompareReport,
     DriftedPoint,
-    DriftQuantiles,
     DriftReport,
     DriftScoreStats,
     KolmogorovSmirnovTest,
@@ -135,10 +134,6 @@ def compare_section(
     )
 
 
-def _quantiles(values: np.ndarray) -> DriftQuantiles:
-    return DriftQuantiles(**quantile_stats(values).model_dump())
-
-
 def drift_section(
     reference: EmbeddingSet,
     current: EmbeddingSet,
@@ -218,8 +213,8 @@ def drift_section(
         ks=KolmogorovSmirnovTest(statistic=result.ks.statistic, p_value=result.ks.p_value),
         verdict=result.verdict,
         threshold=result.threshold,
-        current_reconstruction_error=_quantiles(result.current_error),
-        current_nnk_degree=_quantiles(result.current_degree),
+        current_reconstruction_error=quantile_stats(result.current_error),
+        current_nnk_degree=quantile_stats(result.current_degree),
         drifted=[
             DriftedPoint(
                 index=p.index,
