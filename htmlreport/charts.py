@@ -1,4 +1,5 @@
-"""The page's charts as inline SVG: grouped bars, lines over the sets, a 2-D scatter map.
+"""The page's charts as inline SVG: grouped bars, lines over the sets, a 2-D scatter map;
+and the frames the sections put them and their headline numbers in (figures, cards).
 
 Each chart is one accessible ``<svg role="img">`` with a ``<title>`` and a ``<desc>``;
 hovering a bar or point shows its value (an SVG ``<title>``, no JavaScript).
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_LEGEND_CLASSES",
     "bar_chart",
     "captioned_figure",
+    "card",
     "line_chart",
     "scatter_map",
 ]
@@ -292,6 +294,15 @@ def scatter_map(
     legend.append("</g>")
     body.append("".join(legend))
     return accessible_svg(ids, width, height, title, desc, "".join(body))
+
+
+def card(label: str, value: str, title: str = "") -> str:
+    """One headline number: its value over its label, ``title`` as a tooltip when given."""
+    tooltip = f' title="{escaped(title)}"' if title else ""
+    return (
+        f'<div class="card"{tooltip}><div class="value">{escaped(value)}</div>'
+        f'<div class="label">{escaped(label)}</div></div>'
+    )
 
 
 def captioned_figure(caption: str, svg: str, note: str = "") -> str:

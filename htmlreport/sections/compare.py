@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from api_schemas import Report
-from htmlreport.charts import LINE_COLOURS, bar_chart, captioned_figure
+from htmlreport.charts import LINE_COLOURS, bar_chart, captioned_figure, card
 from htmlreport.svg import ElementIds
 from htmlreport.text import escaped, fmt, shorten
 
@@ -25,14 +25,6 @@ __all__ = ["compare_section", "drift_section", "overlap_consecutive_figure"]
 # scrolls).
 _TABLE_ROWS = 100
 _NEIGHBOURS_SHOWN = 12
-
-
-def _card(label: str, value: str, title: str = "") -> str:
-    tooltip = f' title="{escaped(title)}"' if title else ""
-    return (
-        f'<div class="card"{tooltip}><div class="value">{escaped(value)}</div>'
-        f'<div class="label">{escaped(label)}</div></div>'
-    )
 
 
 def _table(caption: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -109,22 +101,22 @@ def compare_section(ids: ElementIds, report: Report) -> str:
     jaccard, weighted = section.overlap.jaccard, section.overlap.weighted
     cards = "".join(
         [
-            _card("Jaccard overlap, mean", fmt(jaccard.mean, 3), "shared / all NNK neighbours"),
-            _card(
+            card("Jaccard overlap, mean", fmt(jaccard.mean, 3), "shared / all NNK neighbours"),
+            card(
                 "Jaccard, median [p10, p90]",
                 f"{fmt(jaccard.median, 3)} [{fmt(jaccard.p10, 3)}, {fmt(jaccard.p90, 3)}]",
             ),
-            _card(
+            card(
                 "weighted overlap, mean",
                 fmt(weighted.mean, 3),
                 "sum of min(θa, θb) of the normalised NNK weights",
             ),
-            _card(
+            card(
                 "weighted, median [p10, p90]",
                 f"{fmt(weighted.median, 3)} [{fmt(weighted.p10, 3)}, {fmt(weighted.p90, 3)}]",
             ),
-            _card("linear CKA", fmt(section.cka_linear, 3), "Kornblith et al. 2019"),
-            _card("points", fmt(section.n_points)),
+            card("linear CKA", fmt(section.cka_linear, 3), "Kornblith et al. 2019"),
+            card("points", fmt(section.n_points)),
         ]
     )
     figures = []
@@ -193,23 +185,21 @@ def drift_section(ids: ElementIds, report: Report) -> str:
     verdict = section.verdict.replace("_", " ")
     cards = "".join(
         [
-            _card("KS statistic", fmt(section.ks.statistic, 3)),
-            _card("KS p-value", fmt(section.ks.p_value, 3)),
-            _card(
+            card("KS statistic", fmt(section.ks.statistic, 3)),
+            card("KS p-value", fmt(section.ks.p_value, 3)),
+            card(
                 "score mean (p90, p99)",
                 f"{fmt(section.score.mean, 3)} ({fmt(section.score.p90, 3)}, "
                 f"{fmt(section.score.p99, 3)})",
                 "under no drift about 0.5 (0.9, 0.99)",
             ),
-            _card(
+            card(
                 "current error, mean",
                 fmt(section.current_reconstruction_error.mean, 3),
                 "out-of-sample reconstruction error",
             ),
-            _card("current NNK degree, mean", fmt(section.current_nnk_degree.mean, 3)),
-            _card(
-                "points, reference / current", f"{section.n_reference:,} / {section.n_current:,}"
-            ),
+            card("current NNK degree, mean", fmt(section.current_nnk_degree.mean, 3)),
+            card("points, reference / current", f"{section.n_reference:,} / {section.n_current:,}"),
         ]
     )
     figures = []

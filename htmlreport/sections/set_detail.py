@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api_schemas import ClassMetrics, SetReport
-from htmlreport.charts import bar_chart, captioned_figure
+from htmlreport.charts import bar_chart, captioned_figure, card
 from htmlreport.embedding_map import EmbeddingMap
 from htmlreport.sections.map_figure import map_figure
 from htmlreport.sections.vocabulary import LOO_SERIES, REGIME_TEXT, fact_name, fact_value
@@ -27,11 +27,7 @@ def _cards(set_report: SetReport) -> str:
         ("mean NNK degree", fmt(set_report.nnk_degree.mean)),
         ("intrinsic dim. (TwoNN)", fmt(set_report.intrinsic_dimension.twonn, 3)),
     ]
-    html = [
-        f'<div class="card"><div class="value">{escaped(value)}</div>'
-        f'<div class="label">{escaped(label)}</div></div>'
-        for label, value in cards
-    ]
+    html = [card(label, value) for label, value in cards]
     if set_report.regime is not None:
         html.append(
             f'<div class="card"><div class="value"><span class="badge regime-'

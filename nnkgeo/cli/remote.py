@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
-from api_schemas import DatasetOut, JobOut, JobStatus, SetReport
+from pydantic import BaseModel
+
+from api_schemas import DatasetList, DatasetOut, JobList, JobOut, JobStatus, SetReport
 from api_schemas.datasets import DatasetFormat
 from nnkgeo.cli.connection import connection_flags, with_client
 from nnkgeo.cli.outcome import EXIT_CODES_EPILOG, EXIT_OK, CommandRefused, print_json
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from nnkgeo.client import Client
 
 __all__ = ["add_remote_commands"]
+
+T = TypeVar("T")
 
 _Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
 
@@ -247,19 +252,28 @@ def _arrays(dataset: DatasetOut) -> str:
     )
 
 
-def _datasets(args: argparse.Namespace, client: Client) -> int:
+def _listing(
+    args: argparse.Namespace,
+    page: Callable[..., JobList | DatasetList],
+    every: Callable[..., Iterator[T]],
+) -> tuple[list[T], str | None]:
+    """What ``jobs``/``datasets`` list: one page (--limit, --cursor), or every page (--all)."""
     if args.all:
-        listed, next_cursor = list(client.iter_datasets(page_size=100)), None
-    else:
-        page = client.datasets(limit=args.limit, cursor=args.cursor)
-        listed, next_cursor = page.items, page.next_cursor
+        return list(every(page_size=100)), None
+    found = page(limit=args.limit, cursor=args.cursor)
+    return list(found.items), found.next_cursor
+
+
+def _print_listing_json(listed: Sequence[BaseModel], next_cursor: str | None) -> None:
+    print_json(
+        {"items": [item.model_dump(mode="json") for item in listed], "next_cursor": next_cursor}
+    )
+
+
+def _datasets(args: argparse.Namespace, client: Client) -> int:
+    listed, next_cursor = _listing(args, client.datasets, client.iter_datasets)
     if args.json:
-        print_json(
-            {
-                "items": [dataset.model_dump(mode="json") for dataset in listed],
-                "next_cursor": next_cursor,
-            }
-        )
+        _print_listing_json(listed, next_cursor)
         return EXIT_OK
     for dataset in listed:
         print(
@@ -437,18 +451,9 @@ def _graph(args: argparse.Namespace, client: Client) -> int:
 
 
 def _jobs(args: argparse.Namespace, client: Client) -> int:
-    if args.all:
-        listed, next_cursor = list(client.iter_jobs(page_size=100)), None
-    else:
-        page = client.jobs(limit=args.limit, cursor=args.cursor)
-        listed, next_cursor = page.items, page.next_cursor
+    listed, next_cursor = _listing(args, client.jobs, client.iter_jobs)
     if args.json:
-        print_json(
-            {
-                "items": [job.model_dump(mode="json") for job in listed],
-                "next_cursor": next_cursor,
-            }
-        )
+        _print_listing_json(listed, next_cursor)
         return EXIT_OK
     for job in listed:
         stage = (

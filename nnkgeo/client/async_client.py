@@ -20,6 +20,7 @@ from api_schemas import (
     Report,
 )
 from nnkgeo.client.analyze import analyze_plan
+from nnkgeo.client.calls import every_item_async
 from nnkgeo.client.compare import compare_plan, drift_plan
 from nnkgeo.client.jobs import (
     DEFAULT_POLL_INTERVAL_S,
@@ -114,16 +115,9 @@ class AsyncClient:
         """See :meth:`Client.datasets`."""
         return await self._transport.send(datasets_call(limit, cursor))
 
-    async def iter_datasets(self, *, page_size: int = 100) -> AsyncIterator[DatasetOut]:
+    def iter_datasets(self, *, page_size: int = 100) -> AsyncIterator[DatasetOut]:
         """See :meth:`Client.iter_datasets`; use with ``async for``."""
-        cursor = None
-        while True:
-            page = await self.datasets(limit=page_size, cursor=cursor)
-            for dataset in page.items:
-                yield dataset
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return every_item_async(lambda cursor: self.datasets(limit=page_size, cursor=cursor))
 
     async def submit(
         self,
@@ -143,16 +137,9 @@ class AsyncClient:
         """See :meth:`Client.jobs`."""
         return await self._transport.send(jobs_call(limit, cursor))
 
-    async def iter_jobs(self, *, page_size: int = 100) -> AsyncIterator[JobOut]:
+    def iter_jobs(self, *, page_size: int = 100) -> AsyncIterator[JobOut]:
         """See :meth:`Client.iter_jobs`; use with ``async for``."""
-        cursor = None
-        while True:
-            page = await self.jobs(limit=page_size, cursor=cursor)
-            for job in page.items:
-                yield job
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return every_item_async(lambda cursor: self.jobs(limit=page_size, cursor=cursor))
 
     async def cancel(self, job_id: str) -> JobOut:
         """See :meth:`Client.cancel`."""

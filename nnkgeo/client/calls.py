@@ -10,7 +10,7 @@ piece of request building and response parsing is written once.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
@@ -20,6 +20,7 @@ import httpx
 from nnkgeo.errors import UsageError
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 class Body(Protocol):
@@ -86,3 +87,38 @@ def path_segment(value: str) -> str:
     if not value or value in (".", ".."):
         raise UsageError(f"not a valid id or set name: {value!r}")
     return urllib.parse.quote(value, safe="")
+
+
+class Page(Protocol[T_co]):
+    """One page of a cursor-paged listing (JobList, DatasetList)."""
+
+    @property
+    def items(self) -> list[T_co]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+def every_item(page: Callable[[str | None], Page[T]]) -> Iterator[T]:
+    """Every item of a cursor-paged listing, a page at a time; ``page(cursor)`` fetches one."""
+    cursor = None
+    while True:
+        current = page(cursor)
+        yield from current.items
+        if current.next_cursor is None:
+            return
+        cursor = current.next_cursor
+
+
+async def every_item_async(
+    page: Callable[[str | None], Awaitable[Page[T]]],
+) -> AsyncIterator[T]:
+    """:func:`every_item` for the asynchronous client."""
+    cursor = None
+    while True:
+        current = await page(cursor)
+        for item in current.items:
+            yield item
+        if current.next_cursor is None:
+            return
+        cursor = current.next_cursor

@@ -20,6 +20,7 @@ from api_schemas import (
     Report,
 )
 from nnkgeo.client.analyze import analyze_plan
+from nnkgeo.client.calls import every_item
 from nnkgeo.client.compare import compare_plan, drift_plan
 from nnkgeo.client.jobs import (
     DEFAULT_POLL_INTERVAL_S,
@@ -181,13 +182,7 @@ class Client:
 
     def iter_datasets(self, *, page_size: int = 100) -> Iterator[DatasetOut]:
         """Every dataset of the tenant, newest first, fetched a page at a time."""
-        cursor = None
-        while True:
-            page = self.datasets(limit=page_size, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return every_item(lambda cursor: self.datasets(limit=page_size, cursor=cursor))
 
     # -- jobs
 
@@ -237,13 +232,7 @@ class Client:
 
     def iter_jobs(self, *, page_size: int = 100) -> Iterator[JobOut]:
         """Every job of the tenant, newest first, fetched a page at a time."""
-        cursor = None
-        while True:
-            page = self.jobs(limit=page_size, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return every_item(lambda cursor: self.jobs(limit=page_size, cursor=cursor))
 
     def cancel(self, job_id: str) -> JobOut:
         """Cancel a job: a queued one at once, a running one at its next checkpoint.
