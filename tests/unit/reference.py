@@ -91,3 +91,31 @@ def brute_force_neighbours(points: np.ndarray, k: int, *, metric: str) -> np.nda
         distance = ((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
     np.fill_diagonal(distance, np.inf)
     return np.argsort(distance, axis=1, kind="stable")[:, :k]
+
+
+def headline_metrics_of(set_report) -> dict[str, float]:
+    """The headline numbers a tracker integration logs, spelled out from the report
+    rather than from nnkgeo.integrations."""
+    loo, homogeneity = set_report.loo_error, set_report.homogeneity
+    numbers = {
+        "loo_error.nnk_weighted": loo.nnk_weighted,
+        "loo_error.nnk_unweighted": loo.nnk_unweighted,
+        "loo_error.knn_weighted": loo.knn_weighted,
+        "loo_error.knn_unweighted": loo.knn_unweighted,
+        "loo_error.soft_nnk_weighted": loo.soft_nnk_weighted,
+        "homogeneity.nnk_mean": homogeneity.nnk_mean,
+        "homogeneity.knn_mean": homogeneity.knn_mean,
+        "homogeneity.pure_patch_fraction": homogeneity.pure_patch_fraction,
+        "nnk_degree.mean": set_report.nnk_degree.mean,
+        "nnk_degree.median": set_report.nnk_degree.median,
+        "reconstruction_error.mean": set_report.reconstruction_error.mean,
+        "reconstruction_error.median": set_report.reconstruction_error.median,
+        "intrinsic_dimension.twonn": set_report.intrinsic_dimension.twonn,
+        "intrinsic_dimension.mle": set_report.intrinsic_dimension.mle,
+        "label_smoothness.cross_class_edge_fraction": (
+            set_report.label_smoothness.cross_class_edge_fraction
+        ),
+    }
+    if set_report.neural_collapse is not None and set_report.neural_collapse.nc1 is not None:
+        numbers["neural_collapse.nc1"] = set_report.neural_collapse.nc1
+    return numbers

@@ -21,6 +21,7 @@ from sklearn.datasets import load_digits
 
 from api_schemas import AnalysisParams, Report
 from nnkgeo.integrations.mlflow import _safe_prefix, headline_metrics, log_report
+from tests.unit.reference import headline_metrics_of
 from workers.geometry import EmbeddingSet, analyze
 
 pytestmark = [
@@ -85,30 +86,7 @@ def store(request, tmp_path, monkeypatch):
 
 
 def _expected_metrics(set_report, head: str) -> dict[str, float]:
-    """The headline numbers, spelled out from the report rather than from the module."""
-    loo, homogeneity = set_report.loo_error, set_report.homogeneity
-    numbers = {
-        "loo_error.nnk_weighted": loo.nnk_weighted,
-        "loo_error.nnk_unweighted": loo.nnk_unweighted,
-        "loo_error.knn_weighted": loo.knn_weighted,
-        "loo_error.knn_unweighted": loo.knn_unweighted,
-        "loo_error.soft_nnk_weighted": loo.soft_nnk_weighted,
-        "homogeneity.nnk_mean": homogeneity.nnk_mean,
-        "homogeneity.knn_mean": homogeneity.knn_mean,
-        "homogeneity.pure_patch_fraction": homogeneity.pure_patch_fraction,
-        "nnk_degree.mean": set_report.nnk_degree.mean,
-        "nnk_degree.median": set_report.nnk_degree.median,
-        "reconstruction_error.mean": set_report.reconstruction_error.mean,
-        "reconstruction_error.median": set_report.reconstruction_error.median,
-        "intrinsic_dimension.twonn": set_report.intrinsic_dimension.twonn,
-        "intrinsic_dimension.mle": set_report.intrinsic_dimension.mle,
-        "label_smoothness.cross_class_edge_fraction": (
-            set_report.label_smoothness.cross_class_edge_fraction
-        ),
-    }
-    if set_report.neural_collapse is not None and set_report.neural_collapse.nc1 is not None:
-        numbers["neural_collapse.nc1"] = set_report.neural_collapse.nc1
-    return {f"{head}.{key}": value for key, value in numbers.items()}
+    return {f"{head}.{key}": value for key, value in headline_metrics_of(set_report).items()}
 
 
 def _downloaded(client, run_id: str, path: str, tmp_path: Path) -> str:

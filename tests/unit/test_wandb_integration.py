@@ -22,6 +22,7 @@ from sklearn.datasets import load_digits
 
 from api_schemas import AnalysisParams, Report
 from nnkgeo.integrations.wandb import log_report
+from tests.unit.reference import headline_metrics_of
 from workers.geometry import EmbeddingSet, analyze
 
 PROJECTED = "pca:16/whitened"  # a "/" would nest sections: logged as pca:16_whitened
@@ -156,33 +157,6 @@ def _table(run_dir: Path, summary: dict[tuple[str, ...], Any], key: str) -> dict
     return json.loads((run_dir / "files" / summary[(key, "path")]).read_text())
 
 
-def _expected_metrics(set_report) -> dict[str, float]:
-    """The headline numbers, spelled out from the report rather than from the module."""
-    loo, homogeneity = set_report.loo_error, set_report.homogeneity
-    numbers = {
-        "loo_error.nnk_weighted": loo.nnk_weighted,
-        "loo_error.nnk_unweighted": loo.nnk_unweighted,
-        "loo_error.knn_weighted": loo.knn_weighted,
-        "loo_error.knn_unweighted": loo.knn_unweighted,
-        "loo_error.soft_nnk_weighted": loo.soft_nnk_weighted,
-        "homogeneity.nnk_mean": homogeneity.nnk_mean,
-        "homogeneity.knn_mean": homogeneity.knn_mean,
-        "homogeneity.pure_patch_fraction": homogeneity.pure_patch_fraction,
-        "nnk_degree.mean": set_report.nnk_degree.mean,
-        "nnk_degree.median": set_report.nnk_degree.median,
-        "reconstruction_error.mean": set_report.reconstruction_error.mean,
-        "reconstruction_error.median": set_report.reconstruction_error.median,
-        "intrinsic_dimension.twonn": set_report.intrinsic_dimension.twonn,
-        "intrinsic_dimension.mle": set_report.intrinsic_dimension.mle,
-        "label_smoothness.cross_class_edge_fraction": (
-            set_report.label_smoothness.cross_class_edge_fraction
-        ),
-    }
-    if set_report.neural_collapse is not None and set_report.neural_collapse.nc1 is not None:
-        numbers["neural_collapse.nc1"] = set_report.neural_collapse.nc1
-    return numbers
-
-
 # --- the tests --------------------------------------------------------------------------
 
 
@@ -197,7 +171,7 @@ def test_metrics_plots_and_suspects_read_back_equal_the_report(report, offline):
     pixels, projected = report.sets
 
     for name, set_report in (("pixels", pixels), (PROJECTED_KEY, projected)):
-        expected = _expected_metrics(set_report)
+        expected = headline_metrics_of(set_report)
         logged = {
             path[0].removeprefix(f"{name}/"): value
             for path, value in summary.items()
@@ -227,16 +201,16 @@ def test_metrics_plots_and_suspects_read_back_equal_the_report(report, offline):
         for path, value in config.items()
         if path[:2] == ("_wandb", "visualize")
     }
-    assert set(plots) == {f"comparison/{metric}" for metric in _expected_metrics(pixels)}
-    for metric in _expected_metrics(pixels):
+    assert set(plots) == {f"comparison/{metric}" for metric in headline_metrics_of(pixels)}
+    for metric in headline_metrics_of(pixels):
         panel = plots[f"comparison/{metric}"]["panel_config"]
         assert panel["panelDefId"] == "wandb/line/v0"
         assert panel["fieldSettings"] == {"x": "set_index", "y": metric, "stroke": None}
         table = _table(run_dir, summary, f"comparison/{metric}_table")
         assert table["columns"] == ["set_index", "set", metric]
         assert table["data"] == [
-            [0, "pixels", _expected_metrics(pixels)[metric]],
-            [1, PROJECTED, _expected_metrics(projected)[metric]],
+            [0, "pixels", headline_metrics_of(pixels)[metric]],
+            [1, PROJECTED, headline_metrics_of(projected)[metric]],
         ]
 
     assert config[("nnkgeo",)]["algorithm_version"] == report.algorithm_version
