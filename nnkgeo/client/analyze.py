@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from api_schemas import DatasetOut, JobOut, Report
+from api_schemas import DatasetOut, JobCreate, JobOut, Report
 from nnkgeo.client.calls import Plan
 from nnkgeo.client.jobs import ParamsLike, job_create, submit_call, wait_plan
 from nnkgeo.client.progress import ProgressOption
@@ -70,11 +70,31 @@ def analyze_plan(
         if query_ref is not None:
             spec["query"] = query_ref
         sets.append(spec)
-    job = yield submit_call(sets, params, None)
+    return (
+        yield from submit_and_report_plan(
+            job_create(sets, params),
+            wait=wait,
+            progress=progress,
+            timeout=timeout,
+            poll_interval=poll_interval,
+        )
+    )
+
+
+def submit_and_report_plan(
+    job: JobCreate,
+    *,
+    wait: bool,
+    progress: ProgressOption,
+    timeout: float | None,
+    poll_interval: float,
+) -> Plan[Report | JobOut]:
+    """Submit a checked job and, with ``wait``, wait for it and fetch its report."""
+    submitted = yield submit_call(job, None, None)
     if not wait:
-        return job
+        return submitted
     finished = yield from wait_plan(
-        job.id, timeout=timeout, progress=progress, poll_interval=poll_interval
+        submitted.id, timeout=timeout, progress=progress, poll_interval=poll_interval
     )
     return (yield report_call(finished.id))
 

@@ -14,11 +14,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from api_schemas import AnalysisParams, DatasetOut, JobCreate, JobOut, Report
-from nnkgeo.client.analyze import _single_array_ref
+from nnkgeo.client.analyze import _single_array_ref, submit_and_report_plan
 from nnkgeo.client.calls import Plan
-from nnkgeo.client.jobs import ParamsLike, _local_validation_problem, submit_call, wait_plan
+from nnkgeo.client.jobs import ParamsLike, _local_validation_problem
 from nnkgeo.client.progress import ProgressOption
-from nnkgeo.client.results import report_call
 from nnkgeo.client.uploads import upload_call
 
 _PLACEHOLDER = {"dataset": "-"}
@@ -40,18 +39,6 @@ def _upload(obj: object | None, what: str) -> Generator[Any, DatasetOut, dict[st
     if obj is None:
         return None
     return _single_array_ref((yield upload_call(obj, None)), what=what)
-
-
-def _finish(
-    job: JobCreate, *, wait: bool, progress: ProgressOption, timeout: float | None, poll: float
-) -> Plan[Report | JobOut]:
-    submitted = yield submit_call(job, None, None)
-    if not wait:
-        return submitted
-    finished = yield from wait_plan(
-        submitted.id, timeout=timeout, progress=progress, poll_interval=poll
-    )
-    return (yield report_call(finished.id))
 
 
 def _without_none(spec: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +86,9 @@ def compare_plan(
         )
     job = _job({"compare": sets}, params)
     return (
-        yield from _finish(job, wait=wait, progress=progress, timeout=timeout, poll=poll_interval)
+        yield from submit_and_report_plan(
+            job, wait=wait, progress=progress, timeout=timeout, poll_interval=poll_interval
+        )
     )
 
 
@@ -153,5 +142,7 @@ def drift_plan(
     )
     job = _job(body(reference_spec, current_spec), params)
     return (
-        yield from _finish(job, wait=wait, progress=progress, timeout=timeout, poll=poll_interval)
+        yield from submit_and_report_plan(
+            job, wait=wait, progress=progress, timeout=timeout, poll_interval=poll_interval
+        )
     )
