@@ -54,6 +54,12 @@ _BYTES_PER_CANDIDATE = 8 + 4 + 8 + 8 + 1 + 8 + 3
 _GRAPH_BYTES_PER_CANDIDATE = 4 * (8 + 4)
 # faiss answers queries in blocks of this many rows (distances and labels per block).
 _KNN_QUERY_BLOCK = 4096
+# The exact search (workers/geometry/gram_search.py): per searched row a reservoir of
+# its best k + 9 and as many spare places (at least 32) of (float32, int32), their
+# sorted copy (float32, int64), and per thread one tile of float32 products.
+_KNN_WINDOW_EXTRA = 9
+_KNN_MIN_SPARE = 32
+_KNN_TILE = 1024
 # Class scores are computed for this many bytes of (rows x classes) float64 at a time.
 METRICS_BLOCK_BYTES = 16 * 1024**2
 # The intrinsic-dimension estimate's float64 differences, one block of queries and one
@@ -122,15 +128,32 @@ def _solve_bytes_per_row(dim: int, k: int) -> int:
     return 8 * (k * dim + _GRAM_COPIES * k * k + _VECTORS_PER_CANDIDATE * k + dim)
 
 
+def _knn_bytes(
+    n_points: int, dim: int, k: int, rows: int, *, approximate: bool, threads: int
+) -> int:
+    if approximate:
+        # The index (IVF lists ~ the data, twice for safety) and one block of answers.
+        return 4 * n_points * dim * 2 + _KNN_QUERY_BLOCK * (k + 1) * (4 + 8)
+    window = k + 1 + _KNN_WINDOW_EXTRA
+    reservoirs = rows * (window + max(window, _KNN_MIN_SPARE)) * (4 + 4)
+    # A flat index of the data for the rare point whose window ends inside a tie.
+    return (
+        4 * n_points * dim
+        + reservoirs
+        + rows * window * (4 + 8)
+        + threads * _KNN_TILE * _KNN_TILE * 4
+        + 8 * n_points
+    )
+
+
 def _fixed_terms(
-    n_points: int, dim: int, k: int, rows: int, *, approximate: bool
+    n_points: int, dim: int, k: int, rows: int, *, approximate: bool, threads: int
 ) -> dict[str, int]:
-    index_bytes = 4 * n_points * dim * (2 if approximate else 1)  # HNSW links ~ the data
     return {
         "embeddings": 4 * n_points * dim,
         # float64, and a second copy while the cosine kernel normalises it.
         "kernel_vectors": 2 * 8 * n_points * dim,
-        "knn": index_bytes + _KNN_QUERY_BLOCK * (k + 1) * (4 + 8),
+        "knn": _knn_bytes(n_points, dim, k, rows, approximate=approximate, threads=threads),
         "candidates": rows * k * _BYTES_PER_CANDIDATE,
         "graph": rows * k * _GRAPH_BYTES_PER_CANDIDATE,
         "intrinsic_dimension": 3 * max(DISTANCE_BLOCK_BYTES, 8 * dim),
@@ -173,7 +196,7 @@ def estimate_set_memory(
     MemoryEstimate
     """
     rows = n_points if rows is None else rows
-    terms = _fixed_terms(n_points, dim, k, rows, approximate=approximate)
+    terms = _fixed_terms(n_points, dim, k, rows, approximate=approximate, threads=threads)
     block = min(solve_block, max(rows, 1))
     terms["solve_blocks"] = threads * block * _solve_bytes_per_row(dim, k)
     if n_classes:

@@ -60,7 +60,7 @@ def test_lattice_ties_at_the_kth_place_go_to_the_smaller_index(k, backend):
         shard = torch_candidates(vectors, k, metric="euclidean", rows=(17, 60), query_block=8)
         np.testing.assert_array_equal(np.sort(shard.indices), np.sort(got.indices[17:60]))
     else:
-        shard = exact_candidates(vectors, k, metric="euclidean", rows=(17, 60), query_block=8)
+        shard = exact_candidates(vectors, k, metric="euclidean", rows=(17, 60), tile=8)
         np.testing.assert_array_equal(shard.indices, got.indices[17:60])
 
 

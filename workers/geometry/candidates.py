@@ -1,9 +1,10 @@
 """Candidate search: the k points with the largest kernel value to each point.
 
 For both kernels these are the k nearest neighbours (by cosine similarity, or by
-Euclidean distance), so the search needs no kernel evaluation. Exact search uses a
-faiss flat index on the CPU, or blocked matrix products with a running top-k in
-torch (the path for a CUDA device); approximate search uses a faiss IVF-Flat index
+Euclidean distance), so the search needs no kernel evaluation. Exact search runs on
+tiles of the Gram matrix, each pair once (:mod:`workers.geometry.gram_search`), on the
+CPU, or on blocked matrix products with a running top-k in torch (the path for a CUDA
+device); approximate search uses a faiss IVF-Flat index
 whose nprobe is raised until the recall@k measured against exact search on a sample of
 queries reaches a target (IVF-Flat beat HNSW at that recall, build included:
 docs/BENCHMARKS_KNN.md). ``knn="auto"`` is resolved here, from the number of points
@@ -25,6 +26,7 @@ import faiss
 import numpy as np
 
 from api_schemas.params import KnnChoice, resolve_knn
+from workers.geometry.gram_search import TILE, gram_search
 
 if TYPE_CHECKING:
     import torch
@@ -281,32 +283,19 @@ def _faiss_search(
     rows: tuple[int, int],
     query_block: int,
     progress=None,
-    metric: Metric | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Search rows ``rows`` against the index; with ``metric``, exactly and tie-broken."""
+    """Search rows ``rows`` against an approximate index, the query itself left out."""
     first, last = rows
     indices = np.empty((last - first, k), dtype=np.int64)
     scores = np.empty((last - first, k), dtype=np.float32)
-    # A shard whose rows start at a multiple of query_block runs the same BLAS shapes
-    # as the whole set, and so finds bit-identical neighbours (a widened search ranks
-    # each query on its own, in float64).
+    # A shard whose rows start at a multiple of query_block runs the same shapes as
+    # the whole set, and so finds the same neighbours.
     for start in range(first, last, query_block):
         stop = min(start + query_block, last)
-        if metric is not None:
-            block_indices, block_scores = tie_broken_search(
-                index,
-                vectors,
-                vectors[start:stop],
-                vectors[start:stop],
-                k,
-                metric=metric,
-                self_rows=np.arange(start, stop),
-            )
-        else:
-            found_scores, found_indices = index.search(vectors[start:stop], k + 1)
-            block_indices, block_scores = _drop_self(
-                found_indices, found_scores, np.arange(start, stop), k
-            )
+        found_scores, found_indices = index.search(vectors[start:stop], k + 1)
+        block_indices, block_scores = _drop_self(
+            found_indices, found_scores, np.arange(start, stop), k
+        )
         indices[start - first : stop - first] = block_indices
         scores[start - first : stop - first] = block_scores
         if progress is not None:
@@ -327,26 +316,68 @@ def exact_candidates(
     *,
     metric: Metric,
     rows: tuple[int, int] | None = None,
-    query_block: int = _QUERY_BLOCK,
+    tile: int = TILE,
     progress=None,
 ) -> Candidates:
-    """Exact k nearest neighbours with a faiss flat index.
+    """Exact k nearest neighbours of every point (or of ``rows``) among all points.
 
-    Memory stays O(N * (d + k)): the index holds the vectors once, and queries run
-    in blocks of ``query_block`` rows. ``rows = (start, stop)`` searches only those
-    queries (against all points), for one shard of a job.
+    The search runs on tiles of the Gram matrix, each pair of tiles once
+    (:func:`~workers.geometry.gram_search.gram_search`), for ``k + 1 + 8`` results per
+    point. Memory stays O(N * (d + k)). ``rows = (start, stop)`` searches only those
+    points' neighbours, for one shard of a job: it finds bit for bit what the whole
+    search finds for them.
+
+    Notes
+    -----
+    Ties at the k-th value go to the smaller index: wherever the (k+1)-th result is
+    within float32's error of the k-th, the results are ranked again by their float64
+    score, then by index; where the last one is, the point takes the widening search of
+    :func:`tie_broken_search` (duplicates, lattices).
     """
-    index = _flat_index(vectors, metric)
-    indices, scores = _faiss_search(
-        index,
-        vectors,
-        k,
-        rows=rows or (0, vectors.shape[0]),
-        query_block=query_block,
-        progress=progress,
-        metric=metric,
+    n_points, dim = vectors.shape
+    first, last = rows or (0, n_points)
+    width = min(k + 1 + _TIE_SLACK, n_points - 1)
+    found, keys = gram_search(
+        vectors, width, metric=metric, rows=(first, last), tile=tile, progress=progress
     )
-    return Candidates(indices=indices, scores=scores)
+    queries = vectors[first:last]
+    if metric == "cosine":
+        scores = keys
+    else:
+        # The search's key is 2 <x_i, x_j> - |x_j|^2: the distance is |x_i|^2 less it.
+        query_norms = np.einsum("ij,ij->i", queries, queries)[:, None]
+        scores = np.maximum(query_norms - keys, np.float32(0.0))
+    tolerance = _FLOAT32_ERRORS * np.sqrt(dim) * float(np.finfo(np.float32).eps)
+    next_tied, last_tied = _tied_at_kth(
+        scores,
+        found,
+        None,
+        k,
+        metric=metric,
+        tolerance=tolerance,
+        error_scale=_error_scale(queries, metric),
+    )
+    # Open: the window may end inside the k-th value's (near) ties.
+    open_window = last_tied & (width < n_points - 1)
+    indices = np.ascontiguousarray(found[:, :k])
+    out_scores = np.ascontiguousarray(scores[:, :k])
+    rank = np.flatnonzero(next_tied & ~open_window)
+    if rank.size:
+        indices[rank], out_scores[rank] = _ranked(
+            vectors, queries[rank], found[rank], k, metric=metric
+        )
+    widen = np.flatnonzero(open_window)
+    if widen.size:
+        indices[widen], out_scores[widen] = tie_broken_search(
+            _flat_index(vectors, metric),
+            vectors,
+            queries[widen],
+            queries[widen],
+            k,
+            metric=metric,
+            self_rows=first + widen,
+        )
+    return Candidates(indices=indices, scores=out_scores)
 
 
 def neighbours_of(

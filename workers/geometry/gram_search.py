@@ -1,0 +1,396 @@
+"""Exact in-sample nearest neighbours from tiles of the Gram matrix, each tile used twice.
+
+An in-sample search scores every pair of points, and the score of (i, j) is the score of
+(j, i). A flat faiss index does not know that: it computes the whole N x N product, in
+query blocks whose result (4,096 x 1,024 floats) leaves the cache before its top-k scan
+reads it. Here the points are cut into tiles of ``tile`` rows; each pair of tiles
+(I <= J) is multiplied once, single-threaded, by BLAS, into a buffer that stays in the
+cache, and a compiled scan offers every product to the running best of its row in I
+*and* of its column in J: half the arithmetic of the flat search, and each product read
+while it is still in the cache (docs/BENCHMARKS.md). The tiles run on the engine's
+threads; a tile's scan holds the locks of its two row tiles.
+
+The running best of a row is a reservoir: what reaches the row's threshold is appended,
+and a full reservoir keeps its ``width`` best by (score, then the smaller index) and
+raises the threshold to the worst of them. That order is total: whichever thread offers
+whichever tile first, the rows found are the same. Every score comes from one and the
+same BLAS call, tile (I, J) with I <= J (a diagonal tile's lower half is never read),
+whatever rows a search asks for: a shard of a job finds bit for bit what the whole
+search finds for its rows.
+
+Scores are the cosine similarity (``"cosine"``: the rows are unit vectors) or
+``2 <x_i, x_j> - |x_j|^2`` (``"euclidean"``), which orders row i's candidates as
+``-|x_i - x_j|^2`` does; the caller turns them into distances.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Literal
+
+import numpy as np
+from numba import get_num_threads, njit
+
+Metric = Literal["cosine", "euclidean"]
+
+# 1,024 x 1,024 float32 products are 4 MiB: they stay in this machine's L2 (2 MiB per
+# core) and L3 between the product and the scan, and the product is still large enough
+# for BLAS to run at its peak (docs/BENCHMARKS.md). A multiple of it divides the block
+# boundaries of sharded jobs (4,096), which keeps tiles global.
+TILE = 1_024
+# numba wraps a negative signed index on every access, which keeps LLVM from
+# vectorising the loop around it: indices that cannot be negative are cast to unsigned.
+_at = np.uint64
+# Spare places of a row's reservoir beyond its best: more spare, fewer selections.
+_MIN_SPARE = 32
+_PROGRESS_SECONDS = 0.25
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _better(key, row, other_key, other_row):  # pragma: no cover - compiled
+    return key > other_key or (key == other_key and row < other_row)
+
+
+@njit(cache=True, nogil=True)
+def _keep_best(keys, rows, slot, count, width):  # pragma: no cover - compiled
+    """Move the ``width`` best of the first ``count`` entries of a row to its front.
+
+    Wirth's selection: afterwards place ``width - 1`` holds the width-th best entry, and
+    every entry before it is better. Entries are distinct (a candidate comes once).
+    """
+    target = width - 1
+    low, high = 0, count - 1
+    while low < high:
+        pivot_key, pivot_row = keys[slot, target], rows[slot, target]
+        left, right = low, high
+        while True:
+            while _better(keys[slot, left], rows[slot, left], pivot_key, pivot_row):
+                left += 1
+            while _better(pivot_key, pivot_row, keys[slot, right], rows[slot, right]):
+                right -= 1
+            if left <= right:
+                keys[slot, left], keys[slot, right] = keys[slot, right], keys[slot, left]
+                rows[slot, left], rows[slot, right] = rows[slot, right], rows[slot, left]
+                left += 1
+                right -= 1
+            if left > right:
+                break
+        if right < target:
+            low = left
+        if target < left:
+            high = right
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _offer(
+    keys, rows, counts, thresholds, slot, first, width, key, candidate
+):  # pragma: no cover - compiled
+    """Append (key, candidate) to row ``first + slot``'s reservoir; keep its best when full.
+
+    A full reservoir (``keys.shape[1]`` entries) keeps its ``width`` best, and the worst
+    of those becomes the row's threshold: what scores below it can never be among the
+    row's best, and is not offered again.
+    """
+    count = counts[slot]
+    keys[slot, count] = key
+    rows[slot, count] = candidate
+    counts[slot] = count + 1
+    if count + 1 == keys.shape[1]:
+        _compact(keys, rows, counts, thresholds, slot, first, width)
+
+
+@njit(cache=True, nogil=True)
+def _compact(keys, rows, counts, thresholds, slot, first, width):  # pragma: no cover - compiled
+    """Keep a row's ``width`` best (of at least ``width``); the worst of them is its threshold."""
+    _keep_best(keys, rows, slot, counts[slot], width)
+    counts[slot] = width
+    thresholds[first + slot] = keys[slot, width - 1]
+
+
+@njit(cache=True, nogil=True)
+def _raise_thresholds(  # pragma: no cover - compiled
+    products, row_start, euclidean, squared_norms, thresholds, first, last, width
+):
+    """Raise each searched row's threshold from a diagonal tile (I, I), before its scan.
+
+    This is a row's first tile, and an empty reservoir takes everything: the
+    ``width``-th largest of the row's scores in the upper half of the tile is a bound
+    that at least ``width`` candidates reach (they are offered by the scan), so the scan
+    offers a few dozen products per row rather than all of them.
+    """
+    size = products.shape[0]
+    scores = np.empty(size, dtype=np.float32)
+    two = np.float32(2.0)
+    for a in range(size):
+        i = row_start + a
+        if i < first or i >= last or size - a - 1 < width:
+            continue
+        count = 0
+        for b in range(a + 1, size):
+            product = products[a, b]
+            scores[count] = two * product - squared_norms[row_start + b] if euclidean else product
+            count += 1
+        bound = _largest(scores, count, width)
+        if bound > thresholds[i]:
+            thresholds[i] = bound
+
+
+@njit(cache=True, nogil=True)
+def _largest(values, count, rank):  # pragma: no cover - compiled
+    """The ``rank``-th largest of ``values[:count]`` (Wirth's selection, in place)."""
+    target = rank - 1
+    low, high = 0, count - 1
+    while low < high:
+        pivot = values[target]
+        left, right = low, high
+        while True:
+            while values[left] > pivot:
+                left += 1
+            while pivot > values[right]:
+                right -= 1
+            if left <= right:
+                values[left], values[right] = values[right], values[left]
+                left += 1
+                right -= 1
+            if left > right:
+                break
+        if right < target:
+            low = left
+        if target < left:
+            high = right
+    return values[target]
+
+
+@njit(cache=True, nogil=True)
+def _scan_tile(  # pragma: no cover - compiled
+    products,
+    row_start,
+    col_start,
+    euclidean,
+    squared_norms,
+    thresholds,
+    keys,
+    rows,
+    counts,
+    first,
+    width,
+):
+    """Offer each product of a tile to its row's reservoir and to its column's.
+
+    ``products[a, b]`` is <x_i, x_j> for i = row_start + a and j = col_start + b. Points
+    outside the searched rows have an infinite threshold, so they take nothing. On a
+    diagonal tile (I, I) only b > a is read.
+    """
+    n_rows, n_cols = products.shape
+    diagonal = row_start == col_start
+    two = np.float32(2.0)
+    # One flag per column, read eight at a time: the flags loop has no reduction and no
+    # branch, so it vectorises; a reduction over the same compare does not (in numba).
+    flags = np.zeros(8 * ((n_cols + 7) // 8), dtype=np.uint8)
+    words = flags.view(np.uint64)
+    column_base = _at(col_start)
+    for a in range(n_rows):
+        i = row_start + a
+        row = _at(a)
+        row_threshold = thresholds[i]
+        row_norm = squared_norms[i]
+        # float32 keys throughout: the flags must agree with the offers below.
+        if euclidean:
+            for b in range(_at(n_cols)):
+                product = products[row, b]
+                flags[b] = np.uint8(
+                    two * product - squared_norms[column_base + b] >= row_threshold
+                ) | np.uint8(two * product - row_norm >= thresholds[column_base + b])
+        else:
+            for b in range(_at(n_cols)):
+                product = products[row, b]
+                flags[b] = np.uint8(product >= row_threshold) | np.uint8(
+                    product >= thresholds[column_base + b]
+                )
+        if diagonal:
+            # Only b > a: the product (a, b) stands for the pair both ways.
+            for b in range(a + 1):
+                flags[b] = 0
+        for word in range((n_cols + 7) // 8):
+            if words[word] == 0:
+                continue
+            for b in range(8 * word, min(8 * word + 8, n_cols)):
+                if flags[b] == 0:
+                    continue
+                j = col_start + b
+                product = products[row, _at(b)]
+                row_key = two * product - squared_norms[j] if euclidean else product
+                col_key = two * product - row_norm if euclidean else product
+                if row_key >= thresholds[i]:
+                    _offer(keys, rows, counts, thresholds, i - first, first, width, row_key, j)
+                if col_key >= thresholds[j]:
+                    _offer(keys, rows, counts, thresholds, j - first, first, width, col_key, i)
+
+
+@njit(cache=True, nogil=True)
+def _sorted_best(keys, rows, counts, width):  # pragma: no cover - compiled
+    """Each row's ``width`` best: the largest key first, equal keys by the smaller index."""
+    count = keys.shape[0]
+    out_keys = np.empty((count, width), dtype=np.float32)
+    out_rows = np.empty((count, width), dtype=np.int64)
+    for slot in range(count):
+        _keep_best(keys, rows, slot, counts[slot], width)
+        # Insertion sort of the best: a few dozen entries.
+        for place in range(width):
+            key = keys[slot, place]
+            row = np.int64(rows[slot, place])
+            before = place
+            while before > 0 and _better(
+                key, row, out_keys[slot, before - 1], out_rows[slot, before - 1]
+            ):
+                out_keys[slot, before] = out_keys[slot, before - 1]
+                out_rows[slot, before] = out_rows[slot, before - 1]
+                before -= 1
+            out_keys[slot, before] = key
+            out_rows[slot, before] = row
+    return out_keys, out_rows
+
+
+def _tile_pairs(n_points: int, tile: int, first: int, last: int) -> list[tuple[int, int]]:
+    """The pairs (I, J), I <= J, of tile starts that hold a searched row, far ones apart.
+
+    Ordered by J - I, so that the tiles running at once seldom share a row tile (lock).
+    """
+    starts = range(0, n_points, tile)
+    searched = {s for s in starts if s < last and s + tile > first}
+    pairs = [(i, j) for i in starts for j in starts if i <= j and (i in searched or j in searched)]
+    return sorted(pairs, key=lambda pair: (pair[1] - pair[0], pair[0]))
+
+
+def gram_search(
+    vectors: np.ndarray,
+    width: int,
+    *,
+    metric: Metric,
+    rows: tuple[int, int] | None = None,
+    tile: int = TILE,
+    threads: int | None = None,
+    progress: Callable[[float], object] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``width`` best other points of each row, by score, ties to the smaller index.
+
+    Parameters
+    ----------
+    vectors : ndarray of shape (n_points, dim), float32, C-contiguous
+        The prepared points (unit rows under the cosine metric).
+    width : int
+        Results per row, ``1 <= width <= n_points - 1``.
+    metric : {"cosine", "euclidean"}
+    rows : (start, stop), optional
+        Search only these rows' neighbours (among all points); all rows by default.
+    tile : int, optional
+        Rows per tile. Searches meant to agree bit for bit must use the same tile.
+    threads : int, optional
+        Tiles at a time; numba's thread count by default (the engine's setting).
+    progress : callable, optional
+        Called with the share of tiles done, from the calling thread; what it raises
+        (a cancelled job) stops the search and is raised here.
+
+    Returns
+    -------
+    indices : ndarray of shape (stop - start, width), int64
+        Best first; never the row itself.
+    scores : ndarray of shape (stop - start, width), float32
+        Cosine similarity, or ``2 <x_i, x_j> - |x_j|^2`` under the Euclidean metric.
+    """
+    from threadpoolctl import threadpool_limits
+
+    n_points = vectors.shape[0]
+    first, last = rows or (0, n_points)
+    if not 1 <= width < n_points:
+        raise ValueError(f"width must be in [1, {n_points - 1}], got {width}")
+    euclidean = metric == "euclidean"
+    squared_norms = (
+        np.einsum("ij,ij->i", vectors, vectors)
+        if euclidean
+        else np.zeros(n_points, dtype=np.float32)
+    ).astype(np.float32)
+    thresholds = np.full(n_points, np.inf, dtype=np.float32)
+    thresholds[first:last] = -np.inf
+    # Each row's reservoir: its best so far and what came since (see _offer).
+    capacity = width + max(width, _MIN_SPARE)
+    keys = np.empty((last - first, capacity), dtype=np.float32)
+    found = np.empty((last - first, capacity), dtype=np.int32)
+    counts = np.zeros(last - first, dtype=np.int64)
+    shared = (euclidean, squared_norms, thresholds, keys, found, counts, first, width)
+    pairs = _tile_pairs(n_points, tile, first, last)
+    locks = {start: threading.Lock() for start in range(0, n_points, tile)}
+    state = {"next": 0, "done": 0, "error": None}
+    claim = threading.Lock()
+    stop = threading.Event()
+
+    def work() -> None:
+        buffer = np.empty(tile * tile, dtype=np.float32)
+        try:
+            while not stop.is_set():
+                with claim:
+                    if state["next"] == len(pairs):
+                        return
+                    row_start, col_start = pairs[state["next"]]
+                    state["next"] += 1
+                left = vectors[row_start : row_start + tile]
+                right = vectors[col_start : col_start + tile]
+                products = buffer[: left.shape[0] * right.shape[0]].reshape(
+                    left.shape[0], right.shape[0]
+                )
+                np.matmul(left, right.T, out=products)
+                same_tile = row_start == col_start
+                with locks[row_start], nullcontext() if same_tile else locks[col_start]:
+                    if same_tile:
+                        _raise_thresholds(
+                            products,
+                            row_start,
+                            euclidean,
+                            squared_norms,
+                            thresholds,
+                            first,
+                            last,
+                            width,
+                        )
+                    _scan_tile(products, row_start, col_start, *shared)
+                with claim:
+                    state["done"] += 1
+        except BaseException as error:  # re-raised by the calling thread
+            state["error"] = error
+            stop.set()
+
+    count = max(1, min(threads or get_num_threads(), len(pairs)))
+    # One BLAS thread per tile: the tiles themselves are the parallel work, and a
+    # single-threaded product rounds the same whatever else runs.
+    with threadpool_limits(limits=1, user_api="blas"):
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(count)]
+        for worker in workers:
+            worker.start()
+        try:
+            for worker in workers:
+                while worker.is_alive():
+                    worker.join(_PROGRESS_SECONDS)
+                    if progress is not None and state["error"] is None:
+                        progress(state["done"] / len(pairs))
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join()
+    if state["error"] is not None:
+        raise state["error"]
+    if progress is not None:
+        progress(1.0)
+    if (counts < width).any():
+        # Only a score that compares with nothing (NaN) is never offered.
+        raise ValueError("vectors must be finite: a row's scores could not be ranked")
+    scores, indices = _sorted_best(keys, found, counts, width)
+    return indices, scores
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the scans with the types the engine uses."""
+    points = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    for metric in ("cosine", "euclidean"):
+        gram_search(points, 5, metric=metric, tile=16, threads=1)
