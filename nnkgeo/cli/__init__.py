@@ -6,13 +6,13 @@
 - :mod:`~nnkgeo.cli.remote`: the commands that talk to a service;
 - :mod:`~nnkgeo.cli.check`: ``check``, a CI gate on a report;
 - :mod:`~nnkgeo.cli.param_flags`: the analysis flags, generated from ``AnalysisParams``;
-- :mod:`~nnkgeo.cli.progress`, :mod:`~nnkgeo.cli.outcome`, :mod:`~nnkgeo.cli.connection`:
-  the progress bar, exit statuses and errors, and the service connection flags.
+- :mod:`~nnkgeo.cli.outcome`, :mod:`~nnkgeo.cli.connection`: exit statuses and errors,
+  and the service connection flags.
 
-Importing this package imports none of them: :func:`main` loads the parser when called.
-So ``import nnkgeo.cli.progress`` stays standard-library only (the client can use it
-without importing itself back through the commands), and ``nnkgeo.cli.remote`` loads no
-numeric library.
+Importing this package imports none of them: :func:`main` loads the parser when called,
+and ``nnkgeo.cli.remote`` loads no numeric library. The progress bar of every command is
+:mod:`nnkgeo.client.progress`, which loads no HTTP client (``nnkgeo.client`` imports its
+names on first use).
 """
 
 from __future__ import annotations

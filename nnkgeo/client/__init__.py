@@ -16,8 +16,10 @@ clients differ only in their transport. The package's modules, one job each:
 - :mod:`~nnkgeo.client.progress`: the bar ``wait`` draws;
 - :mod:`~nnkgeo.client.sync_client`, :mod:`~nnkgeo.client.async_client`: the clients.
 
-Importing it needs only httpx, pydantic and ``api_schemas``: numpy, scipy, pyarrow and
-rich are imported when a method needs them, and torch, FastAPI, Celery and faiss never.
+The names below are imported on first use, so that ``nnkgeo analyze`` can draw its bar
+with :mod:`~nnkgeo.client.progress` without loading httpx. The clients need only httpx,
+pydantic and ``api_schemas``: numpy, scipy, pyarrow and rich are imported when a method
+needs them, and torch, FastAPI, Celery and faiss never.
 
 Examples
 --------
@@ -28,13 +30,33 @@ Examples
 ...     graph = nnk.graph(report.job_id, "layer4")                     # scipy CSR
 """
 
-from nnkgeo.client.async_client import AsyncClient
-from nnkgeo.client.jobs import DEFAULT_POLL_INTERVAL_S, SetInputs
-from nnkgeo.client.progress import ProgressOption
-from nnkgeo.client.results import GraphKind
-from nnkgeo.client.sync_client import Client
-from nnkgeo.client.transport import DEFAULT_TIMEOUT_S
-from nnkgeo.client.uploads import UploadFormat, format_for_path
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nnkgeo.client.async_client import AsyncClient
+    from nnkgeo.client.jobs import DEFAULT_POLL_INTERVAL_S, SetInputs
+    from nnkgeo.client.progress import ProgressOption
+    from nnkgeo.client.results import GraphKind
+    from nnkgeo.client.sync_client import Client
+    from nnkgeo.client.transport import DEFAULT_TIMEOUT_S
+    from nnkgeo.client.uploads import UploadFormat, format_for_path
+
+# Each public name's module, imported on first access (PEP 562): ``nnkgeo analyze``
+# draws its bar with ``nnkgeo.client.progress`` and must not pay for httpx (~50 ms).
+_EXPORTS = {
+    "AsyncClient": "nnkgeo.client.async_client",
+    "Client": "nnkgeo.client.sync_client",
+    "DEFAULT_POLL_INTERVAL_S": "nnkgeo.client.jobs",
+    "DEFAULT_TIMEOUT_S": "nnkgeo.client.transport",
+    "GraphKind": "nnkgeo.client.results",
+    "ProgressOption": "nnkgeo.client.progress",
+    "SetInputs": "nnkgeo.client.jobs",
+    "UploadFormat": "nnkgeo.client.uploads",
+    "format_for_path": "nnkgeo.client.uploads",
+}
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL_S",
@@ -47,3 +69,16 @@ __all__ = [
     "UploadFormat",
     "format_for_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

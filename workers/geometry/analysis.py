@@ -15,6 +15,7 @@ import importlib.util
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +53,10 @@ from workers.geometry.candidates import (
     prepare_vectors,
 )
 from workers.geometry.graph import directed_graph, symmetric_graph
-from workers.geometry.intrinsic_dimension import estimate_intrinsic_dimension
+from workers.geometry.intrinsic_dimension import (
+    IntrinsicDimensionEstimate,
+    estimate_intrinsic_dimension,
+)
 from workers.geometry.neural_collapse import nc1
 from workers.geometry.nnk_common import IDENTICAL_TOLERANCE
 from workers.geometry.nnk_solve import solve_rows
@@ -527,12 +531,57 @@ def measure_set(
     graphs are joined with :meth:`NNKGraph.concatenate`, so the set's query points
     (solved against the whole set here) work the same in both.
     ``device`` is where the queries are solved (default: ``params.device`` resolved).
+    The intrinsic dimension is estimated on a second thread meanwhile; an error (or a
+    cancel from ``progress``) waits for that thread before it propagates.
     """
     report = progress or (lambda stage, fraction: None)
-    set_warnings = list(warnings)
-    embeddings = np.asarray(embedding_set.embeddings)
     report("metrics", 0.0)
     started = time.perf_counter()
+    # The intrinsic dimension needs only the embeddings: its search (faiss, GIL released)
+    # runs beside the graphs and label metrics (numpy, mostly on one core). Its sample
+    # and search are those of a sequential run, so the numbers are too.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnkgeo-id") as background:
+        identity_job = background.submit(
+            estimate_intrinsic_dimension,
+            np.asarray(embedding_set.embeddings),
+            sample=params.id_sample,
+            seed=params.seed,
+        )
+        set_report, directed, symmetric = _measure_graph_and_labels(
+            embedding_set,
+            nnk,
+            params=params,
+            report=report,
+            warnings=warnings,
+            identity_job=identity_job,
+            started=started,
+            device=device,
+            n_threads=n_threads,
+        )
+    report("metrics", 1.0)
+    return SetAnalysis(
+        report=set_report,
+        directed=directed,
+        symmetric=symmetric,
+        reconstruction_error=nnk.reconstruction_error,
+    )
+
+
+def _measure_graph_and_labels(
+    embedding_set: EmbeddingSet,
+    nnk: NNKGraph,
+    *,
+    params: AnalysisParams,
+    report: ProgressCallback,
+    warnings: Sequence[str],
+    identity_job: Future[IntrinsicDimensionEstimate],
+    started: float,
+    device: str | None,
+    n_threads: int | None,
+) -> tuple[SetReport, sp.csr_matrix, sp.csr_matrix]:
+    """:func:`measure_set` but the intrinsic dimension, which ``identity_job`` estimates."""
+    set_warnings = list(warnings)
+    embeddings = np.asarray(embedding_set.embeddings)
     directed = directed_graph(nnk.candidate_indices, nnk.weights)
     symmetric = symmetric_graph(
         directed,
@@ -552,8 +601,6 @@ def measure_set(
             )
         )
     report("metrics", 0.3)
-    identity = estimate_intrinsic_dimension(embeddings, sample=params.id_sample, seed=params.seed)
-    report("metrics", 0.6)
 
     loo = homogeneity = smoothness = verdict = uncertain = collapse = None
     per_class: list = []
@@ -621,6 +668,7 @@ def measure_set(
         n_threads=n_threads,
     )
     baselines = _baselines(embedding_set, params=params, warnings=set_warnings)
+    identity = identity_job.result()
 
     set_report = SetReport(
         name=embedding_set.name,
@@ -663,13 +711,7 @@ def measure_set(
         neural_collapse=collapse,
         baselines=baselines,
     )
-    report("metrics", 1.0)
-    return SetAnalysis(
-        report=set_report,
-        directed=directed,
-        symmetric=symmetric,
-        reconstruction_error=nnk.reconstruction_error,
-    )
+    return set_report, directed, symmetric
 
 
 def analyze(

@@ -29,6 +29,11 @@ MAX_REPORTED_CLASSES = 1000
 # point_metrics predicts from each row's candidates (predicted_classes) rather than from
 # dense class scores above this many classes per candidate; both give the same classes.
 _SPARSE_CLASSES_PER_CANDIDATE = 20
+# Rows point_metrics scores at a time at most, whatever the memory budget allows: the
+# np.bincount of a block scatters into its (rows x classes) scores, and at 4,096 rows
+# those and the (rows x k) gathers stay in the cache. Measured at 50,000 x 30 with 10
+# and 100 classes: 40 % less time than blocks of 20,000 rows; no change at 400 classes.
+_CACHE_BLOCK_ROWS = 4096
 # Edges of the symmetric graph compared per block in cross_class_edge_fraction (about
 # 1M edges: 9 MiB of gathered labels).
 _EDGE_BLOCK = 1 << 20
@@ -176,8 +181,8 @@ def point_metrics(
 
     Notes
     -----
-    Everything is computed a block of rows at a time
-    (:func:`~jobstate.memory_budget.plan_metrics_block`), every (rows x k) mask and
+    Everything is computed a block of rows at a time (at most 4,096 rows, and
+    :func:`~jobstate.memory_budget.plan_metrics_block`), every (rows x k) mask and
     weight array included, so that memory beyond the per-point results is one block's,
     whatever N and the number of classes. Each row's values are the same as from whole
     matrices: a row's sums never mix other rows. Only ``nnk_weighted`` makes dense
@@ -194,7 +199,7 @@ def point_metrics(
     knn_same_share = np.zeros(n_points)
     pure = np.empty(n_points, dtype=bool)
     n_candidates = candidate_indices.shape[1]
-    block = plan_metrics_block(n_classes, candidates=n_candidates)
+    block = min(plan_metrics_block(n_classes, candidates=n_candidates), _CACHE_BLOCK_ROWS)
     # Dense scores cost O(classes) per row, the per-row sort O(k log k) and more numpy
     # calls: the sort wins above about 20 classes per candidate (measured at k = 30).
     sparse = n_classes > _SPARSE_CLASSES_PER_CANDIDATE * n_candidates

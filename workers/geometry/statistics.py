@@ -18,10 +18,6 @@ from typing import Literal
 
 import numpy as np
 
-# scipy.special holds the functions scipy.stats's binom.cdf, norm.ppf and t.ppf call; the
-# engine imports this module on every analysis, and scipy.stats costs ~0.3 s of start-up.
-import scipy.special
-
 __all__ = [
     "McNemarResult",
     "MeanInterval",
@@ -41,6 +37,11 @@ Verdict = Literal["supported", "partly", "not_supported"]
 
 # The significance level of both claims (issue 14: "p > 0.05", "95 % interval").
 _ALPHA = 0.05
+# The normal quantile at 0.975 (the two-sided 95 % z), float(scipy.special.ndtri(0.975))
+# to the last bit (tests/unit/test_fixed_costs.py checks it). Every analysis with
+# labels draws two Wilson intervals at 95 %, and importing scipy.special for them would
+# cost ~50 ms of start-up; other levels import it.
+_NORMAL_QUANTILE_975 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,17 @@ def _count(value: int, name: str) -> int:
     return int(value)
 
 
+def _normal_quantile(probability: float) -> float:
+    """The standard normal quantile (``scipy.special.ndtri``), bit for bit."""
+    if probability == 0.975:
+        return _NORMAL_QUANTILE_975
+    # scipy.special holds the functions scipy.stats's binom.cdf, norm.ppf and t.ppf call
+    # (scipy.stats costs ~0.3 s of start-up); imported here, where it is needed.
+    import scipy.special
+
+    return float(scipy.special.ndtri(probability))
+
+
 def _confidence(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
@@ -138,6 +150,8 @@ def mcnemar_exact(b: int, c: int) -> McNemarResult:
     b, c = _count(b, "b"), _count(c, "c")
     if b + c == 0:
         return McNemarResult(b=0, c=0, p_value=1.0)
+    import scipy.special
+
     tail = scipy.special.bdtr(min(b, c), b + c, 0.5)
     return McNemarResult(b=b, c=c, p_value=float(min(1.0, 2.0 * tail)))
 
@@ -185,7 +199,7 @@ def wilson_interval(errors: int, n: int, *, confidence: float = 0.95) -> tuple[f
     errors, n = _count(errors, "errors"), _count(n, "n")
     if n == 0 or errors > n:
         raise ValueError(f"need 0 <= errors <= n and n >= 1, got errors={errors}, n={n}")
-    z = float(scipy.special.ndtri(0.5 + _confidence(confidence) / 2.0))
+    z = _normal_quantile(0.5 + _confidence(confidence) / 2.0)
     rate = errors / n
     shrink = 1.0 + z * z / n
     centre = (rate + z * z / (2 * n)) / shrink
@@ -233,6 +247,8 @@ def t_interval(values: np.ndarray | Sequence[float], *, confidence: float = 0.95
     mean = float(array.mean())
     if array.size < 2:
         return MeanInterval(mean=mean, low=None, high=None, n=1)
+    import scipy.special
+
     half = float(
         scipy.special.stdtrit(array.size - 1, 0.5 + confidence / 2.0)
         * array.std(ddof=1)
@@ -347,7 +363,7 @@ def _catch_up(
     smallest: PairedCorrectness, largest: PairedCorrectness, *, alpha: float
 ) -> tuple[str, dict]:
     small, large = _gap(smallest, alpha), _gap(largest, alpha)
-    z = float(scipy.special.ndtri(1.0 - alpha / 2.0))
+    z = _normal_quantile(1.0 - alpha / 2.0)
     narrowing = small["gap"] - large["gap"]
     half = z * np.sqrt(small.pop("gap_variance") + large.pop("gap_variance"))
     narrowed = narrowing - half > 0.0
