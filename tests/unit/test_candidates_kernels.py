@@ -23,9 +23,7 @@ def _distinct_points(seed: int, n: int = 500, dim: int = 16) -> np.ndarray:
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_exact_search_equals_brute_force(metric):
     points = _distinct_points(0)
-    found = exact_candidates(
-        prepare_vectors(points, metric=metric), 12, metric=metric, tile=97
-    )
+    found = exact_candidates(prepare_vectors(points, metric=metric), 12, metric=metric, tile=97)
     np.testing.assert_array_equal(found.indices, brute_force_neighbours(points, 12, metric=metric))
     assert (found.recall, found.recall_sample) == (1.0, 0)
 

@@ -31,7 +31,7 @@ from contextlib import nullcontext
 from typing import Literal
 
 import numpy as np
-from numba import get_num_threads, njit
+from numba import get_num_threads, njit, prange
 
 Metric = Literal["cosine", "euclidean"]
 
@@ -229,13 +229,13 @@ def _scan_tile(  # pragma: no cover - compiled
                     _offer(keys, rows, counts, thresholds, j - first, first, width, col_key, i)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _sorted_best(keys, rows, counts, width):  # pragma: no cover - compiled
     """Each row's ``width`` best: the largest key first, equal keys by the smaller index."""
     count = keys.shape[0]
     out_keys = np.empty((count, width), dtype=np.float32)
     out_rows = np.empty((count, width), dtype=np.int64)
-    for slot in range(count):
+    for slot in prange(count):
         _keep_best(keys, rows, slot, counts[slot], width)
         # Insertion sort of the best: a few dozen entries.
         for place in range(width):
