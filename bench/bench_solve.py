@@ -101,15 +101,24 @@ def main() -> None:
     sample = np.random.default_rng(1).choice(args.n, size=min(args.ref_sample, args.n))
     turns = []
     for _ in range(args.repeats):
-        ours_turn, _ = per_node(None, repeats=1)
+        ours_turn, ours_cpu_turn = per_node(None, repeats=1)
         reference_turn, reference_cpu = reference_per_node(points, candidates.indices, sample)
-        turns.append((ours_turn, reference_turn, reference_cpu))
-    ours, reference, reference_cpu = (float(np.median(column)) for column in np.array(turns).T)
+        turns.append((ours_turn, reference_turn, reference_cpu, ours_cpu_turn))
+    ours, reference, reference_cpu, ours_cpu_all = (
+        float(np.median(column)) for column in np.array(turns).T
+    )
     ratio = float(np.median([turn[1] / turn[0] for turn in turns]))
     ours_one_thread, ours_cpu = per_node(1)
     print(f"N={args.n} d={args.d} k={args.k} threads={nnk_kernel.max_threads()}")
     print(f"compiled kernel: {ours * 1e6:.2f} us/node (all threads, median of {args.repeats})")
     print(f"compiled kernel: {ours_one_thread * 1e6:.2f} us/node (one thread)")
+    # CPU seconds of all threads together against one thread's: above 1, the threads
+    # slow each other down (shared cache lines, memory traffic), and the speed-up over
+    # one thread falls short of the thread count by that factor.
+    print(
+        f"CPU time per node, all threads together: {ours_cpu_all * 1e6:.2f} us "
+        f"({ours_cpu_all / ours_cpu:.2f}x one thread's)"
+    )
     print(f"scipy reference: {reference * 1e6:.2f} us/node (single thread)")
     print(
         f"ratio: {ratio:.1f}x (all threads, median of {args.repeats} turns), "

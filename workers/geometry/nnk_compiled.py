@@ -7,15 +7,25 @@ not when a function it calls from another file does. For the same reason the
 tolerances shared with the torch path (:mod:`workers.geometry.nnk_common`) come in as
 arguments, ``tolerances = (identical, pivot, relative_zero)``, and are not compiled in.
 
-Every function works in caller-provided scratch: the parallel loops allocate one slot
-of scratch per thread per call, and each node takes its thread's slot
-(``get_thread_id``). Four habits keep a node at a few microseconds:
+Every function works in caller-provided scratch. The parallel loops hand out blocks of
+nodes, and each block allocates its own scratch, once: per-thread slots of one array
+shared cache lines between threads (``state`` and ``mask``, k bytes a slot, were one
+line for both), and so did the reference count of every shared array a node took a
+view of (``weights[node]``); each write there sends the line to the other core. A
+block copies a node's inputs in and its outputs out element by element instead.
+While a node is solved, the rows of the next node's candidates are prefetched: they
+lie anywhere in the embeddings, mostly outside the core's caches. Five habits keep a
+node at a few microseconds:
 
 - indices are unsigned (``_at``, below), so that numba adds no wrap-around check;
 - arrays are indexed in place, never sliced or viewed (``a[i]``) in a loop, and the
   steps of the active set are written out, not called: numba updates the reference
   count of every view and every array argument of a call with an atomic instruction,
   and at k = 30 those cost more than the arithmetic;
+- a running sum is a chain of dependent additions, each waiting for the one before:
+  where several independent sums are due (the entries of a triangular solve, the
+  rows of theta' K theta), a loop carries two or four side by side, each still in
+  its own order;
 - no branch depends on a candidate's state in the scans (mispredictions dominate
   otherwise);
 - fastmath is off (the pivot and KKT tests compare small differences, NaN checks must
@@ -28,7 +38,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # numba wraps a negative index of a signed integer (``a[-1]``) on every access: a
 # compare and a select that also keep LLVM from vectorising the loop around it. Indices
@@ -49,6 +62,41 @@ _HALF, _CANDIDATE, _GRADIENT, _INVERSE_DIAGONAL = 0, 1, 2, 3
 _OPEN, _IN_FREE, _KEPT_OUT, _BARRED = 0, 1, 2, 3
 # Subtracted from the descent of a candidate that is not open: no tolerance picks it.
 _SUNK = 1e300
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
+    """Start loading the cache line of ``array[index]`` into L2, not waiting for it.
+
+    ``index`` is an integer or a tuple of them, one per dimension. LLVM's
+    ``llvm.prefetch`` (read, locality 2: a prefetcht1 on x86), which numba does not
+    expose.
+    """
+    rank = len(index) if isinstance(index, types.BaseTuple) else 1
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        indices = cgutils.unpack_tuple(builder, args[1], rank) if rank > 1 else [args[1]]
+        address = cgutils.get_item_pointer(
+            context,
+            builder,
+            array_type,
+            context.make_array(array_type)(context, builder, args[0]),
+            indices,
+            wraparound=False,
+        )
+        word = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, word, word, word]),
+            "llvm.prefetch.p0",
+        )
+        builder.call(
+            prefetch, [builder.bitcast(address, cgutils.voidptr_t), word(0), word(2), word(1)]
+        )
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @njit(cache=True)
@@ -193,8 +241,41 @@ def _active_set(
         # Append the entering column to L: solve L l = K[F, entering] by rows, each
         # entry a running difference kept in a register (the order of the operations
         # is that of a solve by columns; a solve by columns stores and reloads every
-        # entry once per column, and each reload waits for the store before it).
-        for row in range(size):
+        # entry once per column, and each reload waits for the store before it). Four
+        # rows at a time: each difference is a chain of dependent subtractions, and
+        # four chains side by side fill the time that one spends waiting on the last.
+        # Each entry still takes its terms in the same order.
+        unfinished = 0
+        while unfinished + 3 < size:
+            r0 = _at(unfinished)
+            r1 = r0 + _at(1)
+            r2 = r0 + _at(2)
+            r3 = r0 + _at(3)
+            t0 = gram[new, _at(free[r0])]
+            t1 = gram[new, _at(free[r1])]
+            t2 = gram[new, _at(free[r2])]
+            t3 = gram[new, _at(free[r3])]
+            for col in range(unfinished):
+                solved_entry = factor[last, _at(col)]
+                t0 -= factor[r0, _at(col)] * solved_entry
+                t1 -= factor[r1, _at(col)] * solved_entry
+                t2 -= factor[r2, _at(col)] * solved_entry
+                t3 -= factor[r3, _at(col)] * solved_entry
+            y0 = t0 * work[_INVERSE_DIAGONAL, r0]
+            factor[last, r0] = y0
+            t1 -= factor[r1, r0] * y0
+            t2 -= factor[r2, r0] * y0
+            t3 -= factor[r3, r0] * y0
+            y1 = t1 * work[_INVERSE_DIAGONAL, r1]
+            factor[last, r1] = y1
+            t2 -= factor[r2, r1] * y1
+            t3 -= factor[r3, r1] * y1
+            y2 = t2 * work[_INVERSE_DIAGONAL, r2]
+            factor[last, r2] = y2
+            t3 -= factor[r3, r2] * y2
+            factor[last, r3] = t3 * work[_INVERSE_DIAGONAL, r3]
+            unfinished += 4
+        for row in range(unfinished, size):
             total = gram[new, _at(free[_at(row)])]
             for col in range(row):
                 total -= factor[_at(row), _at(col)] * factor[last, _at(col)]
@@ -221,7 +302,38 @@ def _active_set(
                 for col in range(row):
                     total -= factor[_at(row), _at(col)] * work[_HALF, _at(col)]
                 work[_HALF, _at(row)] = total * work[_INVERSE_DIAGONAL, _at(row)]
-            for col in range(size - 1, -1, -1):
+            # Four columns at a time, as the append does rows.
+            unfinished = size - 1
+            while unfinished >= 3:
+                c0 = _at(unfinished)
+                c1 = c0 - _at(1)
+                c2 = c0 - _at(2)
+                c3 = c0 - _at(3)
+                t0 = work[_HALF, c0]
+                t1 = work[_HALF, c1]
+                t2 = work[_HALF, c2]
+                t3 = work[_HALF, c3]
+                for row in range(size - 1, unfinished, -1):
+                    solved_entry = work[_CANDIDATE, _at(row)]
+                    t0 -= factor[_at(row), c0] * solved_entry
+                    t1 -= factor[_at(row), c1] * solved_entry
+                    t2 -= factor[_at(row), c2] * solved_entry
+                    t3 -= factor[_at(row), c3] * solved_entry
+                x0 = t0 * work[_INVERSE_DIAGONAL, c0]
+                work[_CANDIDATE, c0] = x0
+                t1 -= factor[c0, c1] * x0
+                t2 -= factor[c0, c2] * x0
+                t3 -= factor[c0, c3] * x0
+                x1 = t1 * work[_INVERSE_DIAGONAL, c1]
+                work[_CANDIDATE, c1] = x1
+                t2 -= factor[c1, c2] * x1
+                t3 -= factor[c1, c3] * x1
+                x2 = t2 * work[_INVERSE_DIAGONAL, c2]
+                work[_CANDIDATE, c2] = x2
+                t3 -= factor[c2, c3] * x2
+                work[_CANDIDATE, c3] = t3 * work[_INVERSE_DIAGONAL, c3]
+                unfinished -= 4
+            for col in range(unfinished, -1, -1):
                 total = work[_HALF, _at(col)]
                 for row in range(size - 1, col, -1):
                     total -= factor[_at(row), _at(col)] * work[_CANDIDATE, _at(row)]
@@ -350,8 +462,24 @@ def finish_node(gram, rhs, weights, support, relative_zero):  # pragma: no cover
             linear += weights[_at(j)] * rhs[_at(j)]
         else:
             weights[_at(j)] = 0.0
+    # theta' K theta by rows of the support, each row's sum in the order of its columns
+    # and the rows' in theirs; two rows a pass, so that their two chains of dependent
+    # additions run side by side.
     quadratic = 0.0
-    for a in range(count):
+    a = 0
+    while a + 1 < count:
+        row = _at(support[_at(a)])
+        other = _at(support[_at(a + 1)])
+        total = 0.0
+        other_total = 0.0
+        for b in range(count):
+            column = _at(support[_at(b)])
+            total += gram[row, column] * weights[column]
+            other_total += gram[other, column] * weights[column]
+        quadratic += weights[row] * total
+        quadratic += weights[other] * other_total
+        a += 2
+    if a < count:
         row = _at(support[_at(a)])
         total = 0.0
         for b in range(count):
@@ -380,50 +508,62 @@ def solve_node(
 
 
 @njit(cache=True)
-def solver_scratch(slots, k):  # pragma: no cover - compiled
-    """Per-thread scratch of :func:`solve_node`, ``slots`` of each.
+def solver_scratch(k):  # pragma: no cover - compiled
+    """Scratch of :func:`solve_node` for one block of nodes.
 
     factor (k, k), free (k,), state (k,), work (4, k), mask (k,).
     """
     return (
-        np.zeros((slots, k, k)),
-        np.zeros((slots, k), dtype=np.int64),
-        np.zeros((slots, k), dtype=np.int8),
-        np.zeros((slots, 4, k)),
-        np.zeros((slots, k), dtype=np.bool_),
+        np.zeros((k, k)),
+        np.zeros(k, dtype=np.int64),
+        np.zeros(k, dtype=np.int8),
+        np.zeros((4, k)),
+        np.zeros(k, dtype=np.bool_),
     )
 
 
 @njit(parallel=True, cache=True)
 def solve_gram_batch(
-    gram, rhs, allowed, tolerances, slots, weights, error, settled, deficient
+    gram, rhs, allowed, tolerances, block, weights, error, settled, deficient
 ):  # pragma: no cover - compiled
-    """Every node of a batch from its K and b, nodes in parallel.
+    """Every node of a batch from its K and b, blocks of ``block`` nodes in parallel.
 
-    ``slots`` is at least the number of threads: each thread works in its own slot of
-    scratch (by ``get_thread_id``), allocated once per call, not once per node.
-    ``deficient[node]`` gets :func:`rank_deficient` of the node's K.
+    Each block works in scratch of its own, allocated once per block: neither
+    per-thread slots of one array (neighbouring slots share cache lines) nor views of
+    the shared arrays (each view updates its array's reference count, one cache line
+    that every thread writes). ``deficient[node]`` gets :func:`rank_deficient` of the
+    node's K.
     """
     identical, pivot, relative_zero = tolerances
     n_nodes, k = rhs.shape
-    factor, free, state, work, mask = solver_scratch(slots, k)
-    for node in prange(n_nodes):
-        slot = get_thread_id()
-        deficient[node] = rank_deficient(gram[node], factor[slot], work[slot])
-        mask[slot, :] = allowed[node]
-        settled[node] = solve_node(
-            gram[node],
-            rhs[node],
-            mask[slot],
-            weights[node],
-            factor[slot],
-            free[slot],
-            state[slot],
-            work[slot],
-            identical,
-            pivot,
-        )
-        error[node] = finish_node(gram[node], rhs[node], weights[node], free[slot], relative_zero)
+    for first in prange((n_nodes + block - 1) // block):
+        factor, free, state, work, mask = solver_scratch(k)
+        node_gram = np.empty((k, k))
+        node_rhs = np.empty(k)
+        node_weights = np.empty(k)
+        for node in range(first * block, min(first * block + block, n_nodes)):
+            at = _at(node)
+            for a in range(k):
+                node_rhs[_at(a)] = rhs[at, _at(a)]
+                mask[_at(a)] = allowed[at, _at(a)]
+                for b in range(k):
+                    node_gram[_at(a), _at(b)] = gram[at, _at(a), _at(b)]
+            deficient[at] = rank_deficient(node_gram, factor, work)
+            settled[at] = solve_node(
+                node_gram,
+                node_rhs,
+                mask,
+                node_weights,
+                factor,
+                free,
+                state,
+                work,
+                identical,
+                pivot,
+            )
+            error[at] = finish_node(node_gram, node_rhs, node_weights, free, relative_zero)
+            for a in range(k):
+                weights[at, _at(a)] = node_weights[_at(a)]
 
 
 @njit(cache=True)
@@ -558,14 +698,10 @@ def node_kernels(
 
 
 @njit(cache=True)
-def kernel_scratch(slots, k, dim):  # pragma: no cover - compiled
-    """Per-thread scratch of :func:`node_kernels`, ``slots`` of each: rows, products, gram."""
+def kernel_scratch(k, dim):  # pragma: no cover - compiled
+    """Scratch of :func:`node_kernels` for one block of nodes: rows, products, gram."""
     width = padded(k + 1)
-    return (
-        np.zeros((slots, width, dim)),
-        np.zeros((slots, width, width)),
-        np.zeros((slots, k, k)),
-    )
+    return np.zeros((width, dim)), np.zeros((width, width)), np.zeros((k, k))
 
 
 @njit(parallel=True, cache=True)
@@ -578,7 +714,7 @@ def solve_vectors_batch(
     sigma,
     ignore_identical,
     tolerances,
-    slots,
+    block,
     weights,
     rhs,
     error,
@@ -587,56 +723,97 @@ def solve_vectors_batch(
 ):  # pragma: no cover - compiled
     """Every node of a batch: its K and b from the embeddings, then its solve, in parallel.
 
-    Scratch as in :func:`solve_gram_batch`, one slot per thread; ``deficient`` as there.
+    Blocks of ``block`` nodes, each in scratch of its own, as in
+    :func:`solve_gram_batch`; ``deficient`` as there.
     """
     identical, pivot, relative_zero = tolerances
     n_nodes, k = candidates.shape
     dim = embeddings.shape[1]
-    rows, products, gram = kernel_scratch(slots, k, dim)
-    factor, free, state, work, mask = solver_scratch(slots, k)
-    for node in prange(n_nodes):
-        slot = get_thread_id()
-        node_rhs = rhs[node]
-        node_gram = gram[slot]
-        node_kernels(
-            embeddings,
-            scales,
-            queries[node],
-            candidates[node],
-            gaussian,
-            sigma,
-            rows[slot],
-            products[slot],
-            node_gram,
-            node_rhs,
-        )
-        # The cosine K_S has rank at most dim + 1: singular whenever k exceeds it.
-        deficient[node] = (not gaussian and k > dim + 1) or rank_deficient(
-            node_gram, factor[slot], work[slot]
-        )
-        node_mask = mask[slot]
-        for j in range(k):
-            node_mask[_at(j)] = not (ignore_identical and node_rhs[_at(j)] >= 1.0 - identical)
-        settled[node] = solve_node(
-            node_gram,
-            node_rhs,
-            node_mask,
-            weights[node],
-            factor[slot],
-            free[slot],
-            state[slot],
-            work[slot],
-            identical,
-            pivot,
-        )
-        error[node] = finish_node(node_gram, node_rhs, weights[node], free[slot], relative_zero)
+    for first in prange((n_nodes + block - 1) // block):
+        rows, products, gram = kernel_scratch(k, dim)
+        factor, free, state, work, mask = solver_scratch(k)
+        node_candidates = np.empty(k, dtype=np.int64)
+        node_rhs = np.empty(k)
+        node_weights = np.empty(k)
+        for node in range(first * block, min(first * block + block, n_nodes)):
+            at = _at(node)
+            for j in range(k):
+                node_candidates[_at(j)] = candidates[at, _at(j)]
+            # The rows of the next node's candidates are scattered over the embeddings
+            # (mostly outside L2): ask for them now, so they arrive during this solve.
+            if node + 1 < n_nodes:
+                for j in range(k + 1):
+                    point = _at(queries[at + _at(1)] if j == k else candidates[at + _at(1), _at(j)])
+                    _prefetch(scales, point)
+                    for t in range(0, dim, 16):
+                        _prefetch(embeddings, (point, _at(t)))
+                    _prefetch(embeddings, (point, _at(dim - 1)))
+            node_kernels(
+                embeddings,
+                scales,
+                queries[at],
+                node_candidates,
+                gaussian,
+                sigma,
+                rows,
+                products,
+                gram,
+                node_rhs,
+            )
+            # The cosine K_S has rank at most dim + 1: singular whenever k exceeds it.
+            deficient[at] = (not gaussian and k > dim + 1) or rank_deficient(gram, factor, work)
+            for j in range(k):
+                mask[_at(j)] = not (ignore_identical and node_rhs[_at(j)] >= 1.0 - identical)
+            settled[at] = solve_node(
+                gram,
+                node_rhs,
+                mask,
+                node_weights,
+                factor,
+                free,
+                state,
+                work,
+                identical,
+                pivot,
+            )
+            error[at] = finish_node(gram, node_rhs, node_weights, free, relative_zero)
+            for j in range(k):
+                weights[at, _at(j)] = node_weights[_at(j)]
+                rhs[at, _at(j)] = node_rhs[_at(j)]
 
 
 @njit(cache=True)
 def inverse_norms(embeddings):  # pragma: no cover - compiled
+    """1 / |x| of every row, in float64, each sum of squares in the order of the columns.
+
+    Four rows a pass: a row's sum is a chain of dependent additions, and four chains
+    side by side keep the adder busy (one row at a time, this serial step took a
+    tenth of a node's time per node on two threads).
+    """
     n_points, dim = embeddings.shape
     scales = np.empty(n_points)
-    for point in range(n_points):
+    first = 0
+    while first + 3 < n_points:
+        r0 = _at(first)
+        r1 = r0 + _at(1)
+        r2 = r0 + _at(2)
+        r3 = r0 + _at(3)
+        t0 = t1 = t2 = t3 = 0.0
+        for t in range(dim):
+            v0 = np.float64(embeddings[r0, _at(t)])
+            v1 = np.float64(embeddings[r1, _at(t)])
+            v2 = np.float64(embeddings[r2, _at(t)])
+            v3 = np.float64(embeddings[r3, _at(t)])
+            t0 += v0 * v0
+            t1 += v1 * v1
+            t2 += v2 * v2
+            t3 += v3 * v3
+        scales[r0] = 1.0 / math.sqrt(t0)
+        scales[r1] = 1.0 / math.sqrt(t1)
+        scales[r2] = 1.0 / math.sqrt(t2)
+        scales[r3] = 1.0 / math.sqrt(t3)
+        first += 4
+    for point in range(first, n_points):
         total = 0.0
         for t in range(dim):
             value = np.float64(embeddings[_at(point), _at(t)])

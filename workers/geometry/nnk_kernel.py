@@ -74,9 +74,10 @@ __all__ = ["kernel_scales", "max_threads", "solve_gram", "solve_vectors", "warm_
 
 # What the compiled code compares with, passed in (not compiled in: see nnk_compiled).
 _TOLERANCES = (IDENTICAL_TOLERANCE, PIVOT_TOLERANCE, RELATIVE_ZERO_WEIGHT)
-# Nodes a thread takes at a time from the shared queue (numba's dynamic schedule): small
-# enough that a thread slowed by another process does not hold up the block, large
-# enough that taking a chunk costs nothing beside 64 solves.
+# Nodes a thread takes at a time from the shared queue (numba's dynamic schedule, one
+# iteration of the compiled loop a block): small enough that a thread slowed by another
+# process does not hold up the batch, large enough that taking a block and allocating
+# its scratch cost nothing beside 64 solves.
 _NODES_PER_CHUNK = 64
 
 
@@ -103,7 +104,7 @@ def max_threads() -> int:
 
 class _Threads:
     """Run numba's parallel loops on ``count`` threads (None: leave as is) for a while,
-    with chunks of ``_NODES_PER_CHUNK`` nodes handed out dynamically."""
+    their iterations (blocks of ``_NODES_PER_CHUNK`` nodes) handed out one at a time."""
 
     def __init__(self, count: int | None) -> None:
         self.count = count
@@ -116,7 +117,7 @@ class _Threads:
         self.previous = get_num_threads()
         if self.count is not None:
             set_num_threads(max(1, min(self.count, max_threads())))
-        self.previous_chunk = set_parallel_chunksize(_NODES_PER_CHUNK)
+        self.previous_chunk = set_parallel_chunksize(1)
 
     def __exit__(self, *exc: object) -> None:
         set_parallel_chunksize(self.previous_chunk)
@@ -168,7 +169,7 @@ def solve_gram(
     deficient = np.empty(n_nodes, dtype=np.bool_) if rank_deficient is None else rank_deficient
     with _Threads(n_threads):
         nnk_compiled.solve_gram_batch(
-            gram, rhs, allowed, _TOLERANCES, max_threads(), weights, error, settled, deficient
+            gram, rhs, allowed, _TOLERANCES, _NODES_PER_CHUNK, weights, error, settled, deficient
         )
     for node in np.flatnonzero(~settled):
         weights[node], error[node] = _fallback(gram[node], rhs[node], allowed[node])
@@ -238,7 +239,7 @@ def solve_vectors(
             bandwidth,
             ignore_identical,
             _TOLERANCES,
-            max_threads(),
+            _NODES_PER_CHUNK,
             weights,
             rhs,
             error,
