@@ -109,3 +109,13 @@ def test_non_finite_points_and_bad_widths_are_refused():
         gram_search(points, 5, metric="cosine", tile=16, threads=2)
     with pytest.raises(ValueError, match="width"):
         gram_search(points[:10], 10, metric="cosine")
+
+
+def test_a_tile_with_more_waiting_offers_than_the_scan_holds_back():
+    # One 2,000-row diagonal tile: its columns receive tens of thousands of offers,
+    # several times what a scan holds back before delivering them.
+    points = _integer_points(6, 2_000, 6)
+    expected, expected_scores = _expected(points, 30, metric="euclidean")
+    found, scores = gram_search(points, 30, metric="euclidean", tile=2_048, threads=1)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(scores, expected_scores)

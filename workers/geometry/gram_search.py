@@ -46,6 +46,8 @@ _at = np.uint64
 # Spare places of a row's reservoir beyond its best: more spare, fewer selections.
 _MIN_SPARE = 32
 _PROGRESS_SECONDS = 0.25
+# Column offers a scan holds back before delivering them (see _deliver).
+_PENDING = 4_096
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -57,13 +59,33 @@ def _better(key, row, other_key, other_row):  # pragma: no cover - compiled
 def _keep_best(keys, rows, slot, count, width):  # pragma: no cover - compiled
     """Move the ``width`` best of the first ``count`` entries of a row to its front.
 
-    Wirth's selection: afterwards place ``width - 1`` holds the width-th best entry, and
-    every entry before it is better. Entries are distinct (a candidate comes once).
+    Hoare's selection: afterwards place ``width - 1`` holds the width-th best entry,
+    and every entry before it is better. Entries are distinct (a candidate comes once).
+    The pivot is the median of the first, middle and last entries: Wirth's choice (the
+    entry at ``width - 1``) is the old threshold's entry, the worst of a reservoir whose
+    spare places hold only what beat it, which made every selection quadratic.
     """
     target = width - 1
     low, high = 0, count - 1
     while low < high:
-        pivot_key, pivot_row = keys[slot, target], rows[slot, target]
+        middle = (low + high) // 2
+        pick = middle
+        if _better(keys[slot, low], rows[slot, low], keys[slot, middle], rows[slot, middle]):
+            # low before middle: the median is middle, or the better of low and high.
+            if _better(keys[slot, high], rows[slot, high], keys[slot, middle], rows[slot, middle]):
+                pick = (
+                    low
+                    if _better(keys[slot, high], rows[slot, high], keys[slot, low], rows[slot, low])
+                    else high
+                )
+        elif _better(keys[slot, middle], rows[slot, middle], keys[slot, high], rows[slot, high]):
+            # middle before low: the median is middle, or the worse of low and high.
+            pick = (
+                low
+                if _better(keys[slot, low], rows[slot, low], keys[slot, high], rows[slot, high])
+                else high
+            )
+        pivot_key, pivot_row = keys[slot, pick], rows[slot, pick]
         left, right = low, high
         while True:
             while _better(keys[slot, left], rows[slot, left], pivot_key, pivot_row):
@@ -116,9 +138,11 @@ def _raise_thresholds(  # pragma: no cover - compiled
     """Raise each searched row's threshold from a diagonal tile (I, I), before its scan.
 
     This is a row's first tile, and an empty reservoir takes everything: the
-    ``width``-th largest of the row's scores in the upper half of the tile is a bound
-    that at least ``width`` candidates reach (they are offered by the scan), so the scan
-    offers a few dozen products per row rather than all of them.
+    ``width``-th largest of row a's scores in the upper half of the tile (b > a, read as
+    the scan reads them) is a bound that at least ``width`` candidates reach, and the
+    scan offers them all, so it offers a few dozen products per row rather than all of
+    them. (The lower half would tighten the bounds of the tile's last rows, but its
+    strided reads cost more than the offers they save.)
     """
     size = products.shape[0]
     scores = np.empty(size, dtype=np.float32)
@@ -191,6 +215,13 @@ def _scan_tile(  # pragma: no cover - compiled
     flags = np.zeros(8 * ((n_cols + 7) // 8), dtype=np.uint8)
     words = flags.view(np.uint64)
     column_base = _at(col_start)
+    # A row's offers go to one reservoir, its columns' to a thousand: those wait here
+    # and are delivered together (see _deliver).
+    pending_slots = np.empty(_PENDING, dtype=np.int64)
+    pending_keys = np.empty(_PENDING, dtype=np.float32)
+    pending_rows = np.empty(_PENDING, dtype=np.int64)
+    pending = 0
+    reservoirs = (keys, rows, counts, thresholds, first, width)
     for a in range(n_rows):
         i = row_start + a
         row = _at(a)
@@ -226,7 +257,35 @@ def _scan_tile(  # pragma: no cover - compiled
                 if row_key >= thresholds[i]:
                     _offer(keys, rows, counts, thresholds, i - first, first, width, row_key, j)
                 if col_key >= thresholds[j]:
-                    _offer(keys, rows, counts, thresholds, j - first, first, width, col_key, i)
+                    pending_slots[pending] = j - first
+                    pending_keys[pending] = col_key
+                    pending_rows[pending] = i
+                    pending += 1
+                    if pending == _PENDING:
+                        _deliver(pending_slots, pending_keys, pending_rows, pending, *reservoirs)
+                        pending = 0
+    _deliver(pending_slots, pending_keys, pending_rows, pending, *reservoirs)
+
+
+@njit(cache=True, nogil=True)
+def _deliver(  # pragma: no cover - compiled
+    slots, offered_keys, offered_rows, count, keys, rows, counts, thresholds, first, width
+):
+    """Offer ``count`` waiting (slot, key, row) entries to their reservoirs.
+
+    Each offer first reads its reservoir's count, most often a cache miss, and the
+    write depends on it: offered one at a time, the misses come one after the other.
+    Read first, in a loop of independent loads, they overlap.
+    """
+    touched = 0
+    for entry in range(count):
+        touched += counts[slots[entry]]
+    for entry in range(count):
+        slot = slots[entry]
+        key = offered_keys[entry]
+        if key >= thresholds[first + slot]:
+            _offer(keys, rows, counts, thresholds, slot, first, width, key, offered_rows[entry])
+    return touched
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -289,4 +289,9 @@ def warm_up() -> None:
 
 
 if __name__ == "__main__":
+    # The one command that warms numba's cache (image build, worker start, README):
+    # the solve, and the exact search's scans.
+    from workers.geometry import gram_search
+
     warm_up()
+    gram_search.warm_up()
