@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.geometry.gram_search import gram_search
+from workers.geometry.gram_search import _starting_thresholds, gram_search
 
 
 def _integer_points(seed: int, n: int, dim: int) -> np.ndarray:
@@ -119,3 +119,27 @@ def test_a_tile_with_more_waiting_offers_than_the_scan_holds_back():
     found, scores = gram_search(points, 30, metric="euclidean", tile=2_048, threads=1)
     np.testing.assert_array_equal(found, expected)
     np.testing.assert_array_equal(scores, expected_scores)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_starting_thresholds_stay_below_every_rows_last_score(metric):
+    # The bounds only save offers: one above a row's width-th score would lose a result.
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((12, 16)) * 3
+    points = (centres[rng.integers(0, 12, 3_000)] + rng.standard_normal((3_000, 16))).astype(
+        np.float32
+    )
+    if metric == "cosine":
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+    squared_norms = np.einsum("ij,ij->i", points, points).astype(np.float32)
+    _, scores = gram_search(points, 25, metric=metric, tile=256, threads=2)
+    for rows in ((0, 3_000), (700, 1_900)):
+        bounds = _starting_thresholds(
+            points, squared_norms, 25, *rows, tile=256, euclidean=metric == "euclidean"
+        )
+        assert np.isfinite(bounds).mean() > 0.9
+        assert (bounds <= scores[slice(*rows), -1]).all()
+        # Close below: most rows start nearer their final threshold than the width of
+        # their final best (the first score less the last).
+        spread = scores[slice(*rows), 0] - scores[slice(*rows), -1]
+        assert np.median((scores[slice(*rows), -1] - bounds) / spread) < 1.0

@@ -48,6 +48,10 @@ _MIN_SPARE = 32
 _PROGRESS_SECONDS = 0.25
 # Column offers a scan holds back before delivering them (see _deliver).
 _PENDING = 4_096
+# The cells of the starting thresholds: seeded, so that every run and shard draws the
+# same (the thresholds change only the time a search takes, never what it finds).
+_PIVOT_SEED = 0
+_ASSIGN_BLOCK = 8_192
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -312,6 +316,63 @@ def _sorted_best(keys, rows, counts, width):  # pragma: no cover - compiled
     return out_keys, out_rows
 
 
+def _starting_thresholds(
+    vectors: np.ndarray,
+    squared_norms: np.ndarray,
+    width: int,
+    first: int,
+    last: int,
+    *,
+    tile: int,
+    euclidean: bool,
+) -> np.ndarray:
+    """A bound below each searched row's ``width``-th best score, from its cell-mates.
+
+    Offers are what the scans spend most on, and a row offers each score that beats its
+    threshold: about ``width * ln(N / seen)`` of them after ``seen`` scores, most in its
+    first tiles. So each row starts at the ``width``-th best of its scores against the
+    points of its cell: points are put in the cell of their nearest of sqrt(N) seeded
+    random pivots, where a point's neighbours mostly are too. Those ``width`` points are
+    real candidates, so the bound holds, less a margin for the rounding of these
+    products against the tiles' (at most 2 dim epsilon |x| |y| apart). -inf where a cell
+    is too small, or for fewer than 4 tiles of points (the diagonal tile does it then).
+    """
+    n_points, dim = vectors.shape
+    bounds = np.full(last - first, -np.inf, dtype=np.float32)
+    cells = int(np.sqrt(n_points))
+    if n_points < 4 * tile or n_points // cells <= width:
+        return bounds
+    rng = np.random.default_rng(_PIVOT_SEED)
+    pivots = vectors[np.sort(rng.choice(n_points, size=cells, replace=False))]
+    pivot_norms = np.einsum("ij,ij->i", pivots, pivots) if euclidean else 0.0
+    cell = np.empty(n_points, dtype=np.int64)
+    for start in range(0, n_points, _ASSIGN_BLOCK):
+        block = vectors[start : start + _ASSIGN_BLOCK] @ pivots.T
+        # Nearest pivot: the largest <x, p> - |p|^2 / 2 (the cosine's unit pivots: <x, p>).
+        cell[start : start + block.shape[0]] = np.argmax(block - 0.5 * pivot_norms, axis=1)
+    order = np.argsort(cell, kind="stable")
+    edges = np.searchsorted(cell[order], np.arange(cells + 1))
+    norms = np.sqrt(squared_norms) if euclidean else np.ones(n_points, dtype=np.float32)
+    epsilon = float(np.finfo(np.float32).eps)
+    for c in range(cells):
+        members = order[edges[c] : edges[c + 1]]
+        searched = members[(members >= first) & (members < last)]
+        if members.size <= width or searched.size == 0:
+            continue
+        scores = vectors[searched] @ vectors[members].T
+        if euclidean:
+            scores = 2.0 * scores - squared_norms[members]
+        scores[searched[:, None] == members[None, :]] = -np.inf
+        best = -np.partition(-scores, width - 1, axis=1)[:, width - 1]
+        # Products here and in the tiles may differ by 2 dim eps |x_i| |x_j| each way;
+        # Euclidean scores double it and round once more.
+        scale = norms[searched] * norms[members].max()
+        if euclidean:
+            scale = 2.0 * scale + squared_norms[members].max() + np.abs(best)
+        bounds[searched - first] = best - 8.0 * dim * epsilon * scale
+    return bounds
+
+
 def _tile_pairs(n_points: int, tile: int, first: int, last: int) -> list[tuple[int, int]]:
     """The pairs (I, J), I <= J, of tile starts that hold a searched row, far ones apart.
 
@@ -372,7 +433,9 @@ def gram_search(
         else np.zeros(n_points, dtype=np.float32)
     ).astype(np.float32)
     thresholds = np.full(n_points, np.inf, dtype=np.float32)
-    thresholds[first:last] = -np.inf
+    thresholds[first:last] = _starting_thresholds(
+        vectors, squared_norms, width, first, last, tile=tile, euclidean=euclidean
+    )
     # Each row's reservoir: its best so far and what came since (see _offer).
     capacity = width + max(width, _MIN_SPARE)
     keys = np.empty((last - first, capacity), dtype=np.float32)
