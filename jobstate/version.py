@@ -10,4 +10,7 @@
 # 5: a job of several sets of the same points reports comparison.overlap_consecutive (the
 #    mean Jaccard overlap of consecutive sets' NNK neighbourhoods); older cached reports
 #    lack it.
-ALGORITHM_VERSION = "5"
+# 6: exact search runs on tiles of the Gram matrix (workers/geometry/gram_search.py):
+#    candidates whose float32 scores are equal come in index order, where faiss left
+#    their order unspecified, and that order can change the last bits of a weight.
+ALGORITHM_VERSION = "6"
