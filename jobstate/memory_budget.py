@@ -31,8 +31,9 @@ __all__ = [
 ]
 
 SHARD_ALIGNMENT = 4096
-"""Shards start at multiples of this: the same faiss query blocks and solve blocks as an
-unsharded run, so that their results are bit-identical."""
+"""Shards start at multiples of this: the same solve blocks, approximate-search query
+blocks and exact-search tiles (1,024 rows, a divisor) as an unsharded run, so that
+their results are bit-identical."""
 
 MAX_SOLVE_BLOCK = 2048
 """The largest solve block; blocks are powers of two up to it, so that every block

@@ -50,8 +50,10 @@ def _limit_cpu_threads(threads: int | None) -> None:
     faiss.omp_set_num_threads(threads)
     if (torch := sys.modules.get("torch")) is not None:
         torch.set_num_threads(threads)
-    if (numba := sys.modules.get("numba")) is not None:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    # numba is not limited here: setting its threads starts its OpenMP pool, and this
+    # runs in Celery's main process too (the reaper), whose pool processes numba would
+    # then kill at their first parallel loop (its pool is not fork-safe). The engine
+    # gets the limit with each call instead (n_threads: the solve's and the search's).
 
 
 def limit_torch_threads(threads: int | None) -> None:

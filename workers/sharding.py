@@ -31,7 +31,7 @@ import numpy as np
 from jobstate.memory_budget import SHARD_ALIGNMENT, estimate_set_memory
 from jobstate.settings import Settings
 from workers.geometry.analysis import NNKGraph
-from workers.geometry.candidates import ApproximateIndex
+from workers.geometry.approximate_search import ApproximateIndex
 
 RowBlock = tuple[int, int]
 """Rows [start, stop) of a set."""

@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from tests.unit.reference import brute_force_neighbours, kernel_matrix
-from workers.geometry.candidates import (
-    approximate_candidates,
-    exact_candidates,
-    prepare_vectors,
-    torch_candidates,
-)
+from workers.geometry.approximate_search import approximate_candidates
+from workers.geometry.candidates import exact_candidates, prepare_vectors, torch_candidates
 from workers.geometry.kernels import candidate_kernels, kernel_vectors
 
 

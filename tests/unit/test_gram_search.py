@@ -8,9 +8,15 @@ a float64 ranking where no two scores are near.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
+from workers.geometry.blas_threads import _numpy_openblas, single_threaded_blas
 from workers.geometry.gram_search import _starting_thresholds, gram_search
 
 
@@ -143,3 +149,43 @@ def test_starting_thresholds_stay_below_every_rows_last_score(metric):
         # their final best (the first score less the last).
         spread = scores[slice(*rows), 0] - scores[slice(*rows), -1]
         assert np.median((scores[slice(*rows), -1] - bounds) / spread) < 1.0
+
+
+def test_a_process_forked_after_numbas_openmp_ran_can_still_search():
+    # A Celery pool worker is forked from a process whose numba OpenMP pool may have
+    # run, and numba kills such a process when it forks again: the search must not fork
+    # (threadpoolctl did, to run ldconfig). Run in a fresh interpreter, OpenMP layer.
+    script = textwrap.dedent(
+        """
+        import os
+        import numpy as np
+        from workers.geometry import nnk_kernel
+        from workers.geometry.gram_search import gram_search
+
+        points = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+        candidates = (np.arange(300)[:, None] + np.arange(1, 9)[None, :]) % 300
+        nnk_kernel.solve_vectors(points, np.arange(300), candidates, kernel="cosine")
+        pid = os.fork()
+        if pid == 0:
+            found, _ = gram_search(points, 5, metric="cosine", tile=64)
+            os._exit(0 if found.shape == (300, 5) else 3)
+        _, status = os.waitpid(pid, 0)
+        raise SystemExit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    environment = {**os.environ, "NUMBA_THREADING_LAYER": "omp"}
+    finished = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+
+
+def test_numpys_blas_runs_on_one_thread_inside_the_block_and_as_before_after():
+    functions = _numpy_openblas()
+    if functions is None:
+        pytest.skip("numpy's BLAS here is not an OpenBLAS")
+    _, threads = functions
+    before = threads()
+    with single_threaded_blas() as limited:
+        assert limited and threads() == 1
+    assert threads() == before

@@ -12,12 +12,8 @@ from api_schemas.params import APPROXIMATE_KNN_FROM, resolve_knn
 from tests.unit.reference import brute_force_neighbours
 from workers.geometry import EmbeddingSet, analyze_set
 from workers.geometry import candidates as candidates_module
-from workers.geometry.candidates import (
-    build_approximate_index,
-    find_candidates,
-    ivf_list_count,
-    prepare_vectors,
-)
+from workers.geometry.approximate_search import build_approximate_index, ivf_list_count
+from workers.geometry.candidates import find_candidates, prepare_vectors
 
 
 def _clustered(n: int, dim: int, *, clusters: int = 40, seed: int = 0) -> np.ndarray:

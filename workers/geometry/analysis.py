@@ -45,13 +45,8 @@ from jobstate.errors import InvalidInputError
 from jobstate.memory_budget import MAX_SOLVE_BLOCK, SHARD_ALIGNMENT, plan_solve
 from jobstate.version import ALGORITHM_VERSION
 from workers.geometry import metrics
-from workers.geometry.candidates import (
-    ApproximateIndex,
-    Metric,
-    build_approximate_index,
-    find_candidates,
-    prepare_vectors,
-)
+from workers.geometry.approximate_search import ApproximateIndex, build_approximate_index
+from workers.geometry.candidates import Metric, find_candidates, prepare_vectors
 from workers.geometry.graph import directed_graph, symmetric_graph
 from workers.geometry.intrinsic_dimension import (
     IntrinsicDimensionEstimate,
@@ -320,6 +315,7 @@ def build_nnk_graph(
         seed=params.seed,
         rows=(first, last),
         index=index,
+        threads=workers,
         progress=lambda fraction: report("knn", fraction),
     )
     knn_s = time.perf_counter() - started

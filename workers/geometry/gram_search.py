@@ -31,14 +31,16 @@ from contextlib import nullcontext
 from typing import Literal
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit
+
+from workers.geometry.blas_threads import single_threaded_blas
 
 Metric = Literal["cosine", "euclidean"]
 
-# 1,024 x 1,024 float32 products are 4 MiB: they stay in this machine's L2 (2 MiB per
-# core) and L3 between the product and the scan, and the product is still large enough
-# for BLAS to run at its peak (docs/BENCHMARKS.md). A multiple of it divides the block
-# boundaries of sharded jobs (4,096), which keeps tiles global.
+# 1,024 x 1,024 float32 products are 4 MiB, still in the cache when the scan reads them,
+# and large enough for BLAS to run near its peak: a probe of the whole 50k x 50k x 64
+# product on two threads took 1.36 s in such tiles, 1.48 s in 2,048-row tiles and
+# 2.09 s in 4,096-row ones. It divides the block boundaries of sharded jobs (4,096).
 TILE = 1_024
 # numba wraps a negative signed index on every access, which keeps LLVM from
 # vectorising the loop around it: indices that cannot be negative are cast to unsigned.
@@ -292,13 +294,17 @@ def _deliver(  # pragma: no cover - compiled
     return touched
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _sorted_best(keys, rows, counts, width):  # pragma: no cover - compiled
-    """Each row's ``width`` best: the largest key first, equal keys by the smaller index."""
-    count = keys.shape[0]
-    out_keys = np.empty((count, width), dtype=np.float32)
-    out_rows = np.empty((count, width), dtype=np.int64)
-    for slot in prange(count):
+@njit(cache=True, nogil=True)
+def _sort_best(
+    keys, rows, counts, width, out_keys, out_rows, start, stop
+):  # pragma: no cover - compiled
+    """Rows ``start:stop``'s ``width`` best into ``out_*``: the largest key first, equal
+    keys by the smaller index.
+
+    Not a numba parallel loop: its OpenMP layer kills a process that forks after it ran
+    (a model job's sandbox), so the tiles' own threads share this work.
+    """
+    for slot in range(start, stop):
         _keep_best(keys, rows, slot, counts[slot], width)
         # Insertion sort of the best: a few dozen entries.
         for place in range(width):
@@ -313,7 +319,6 @@ def _sorted_best(keys, rows, counts, width):  # pragma: no cover - compiled
                 before -= 1
             out_keys[slot, before] = key
             out_rows[slot, before] = row
-    return out_keys, out_rows
 
 
 def _starting_thresholds(
@@ -420,8 +425,6 @@ def gram_search(
     scores : ndarray of shape (stop - start, width), float32
         Cosine similarity, or ``2 <x_i, x_j> - |x_j|^2`` under the Euclidean metric.
     """
-    from threadpoolctl import threadpool_limits
-
     n_points = vectors.shape[0]
     first, last = rows or (0, n_points)
     if not 1 <= width < n_points:
@@ -486,7 +489,7 @@ def gram_search(
     count = max(1, min(threads or get_num_threads(), len(pairs)))
     # One BLAS thread per tile: the tiles themselves are the parallel work, and a
     # single-threaded product rounds the same whatever else runs.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         workers = [threading.Thread(target=work, daemon=True) for _ in range(count)]
         for worker in workers:
             worker.start()
@@ -507,7 +510,20 @@ def gram_search(
     if (counts < width).any():
         # Only a score that compares with nothing (NaN) is never offered.
         raise ValueError("vectors must be finite: a row's scores could not be ranked")
-    scores, indices = _sorted_best(keys, found, counts, width)
+    scores = np.empty((last - first, width), dtype=np.float32)
+    indices = np.empty((last - first, width), dtype=np.int64)
+    edges = np.linspace(0, last - first, count + 1).astype(np.int64)
+    sorters = [
+        threading.Thread(
+            target=_sort_best,
+            args=(keys, found, counts, width, scores, indices, edges[part], edges[part + 1]),
+        )
+        for part in range(count)
+    ]
+    for sorter in sorters:
+        sorter.start()
+    for sorter in sorters:
+        sorter.join()
     return indices, scores
 
 
