@@ -151,7 +151,9 @@ def _raise_thresholds(  # pragma: no cover - compiled
     strided reads cost more than the offers they save.)
     """
     size = products.shape[0]
-    scores = np.empty(size, dtype=np.float32)
+    # One row of scores, and their places as the tie-break that _keep_best needs.
+    scores = np.empty((1, size), dtype=np.float32)
+    places = np.empty((1, size), dtype=np.int32)
     two = np.float32(2.0)
     for a in range(size):
         i = row_start + a
@@ -160,37 +162,15 @@ def _raise_thresholds(  # pragma: no cover - compiled
         count = 0
         for b in range(a + 1, size):
             product = products[a, b]
-            scores[count] = two * product - squared_norms[row_start + b] if euclidean else product
+            scores[0, count] = (
+                two * product - squared_norms[row_start + b] if euclidean else product
+            )
+            places[0, count] = count
             count += 1
-        bound = _largest(scores, count, width)
+        _keep_best(scores, places, 0, count, width)
+        bound = scores[0, width - 1]
         if bound > thresholds[i]:
             thresholds[i] = bound
-
-
-@njit(cache=True, nogil=True)
-def _largest(values, count, rank):  # pragma: no cover - compiled
-    """The ``rank``-th largest of ``values[:count]`` (Wirth's selection, in place)."""
-    target = rank - 1
-    low, high = 0, count - 1
-    while low < high:
-        pivot = values[target]
-        left, right = low, high
-        while True:
-            while values[left] > pivot:
-                left += 1
-            while pivot > values[right]:
-                right -= 1
-            if left <= right:
-                values[left], values[right] = values[right], values[left]
-                left += 1
-                right -= 1
-            if left > right:
-                break
-        if right < target:
-            low = left
-        if target < left:
-            high = right
-    return values[target]
 
 
 @njit(cache=True, nogil=True)
