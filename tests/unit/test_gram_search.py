@@ -153,8 +153,8 @@ def test_starting_thresholds_stay_below_every_rows_last_score(metric):
 
 def test_a_process_forked_after_numbas_openmp_ran_can_still_search():
     # A Celery pool worker is forked from a process whose numba OpenMP pool may have
-    # run, and numba kills such a process when it forks again: the search must not fork
-    # (threadpoolctl did, to run ldconfig). Run in a fresh interpreter, OpenMP layer.
+    # run, and numba kills such a process at its first parallel loop: the search must
+    # run none (its final sort did). Run in a fresh interpreter, OpenMP layer.
     script = textwrap.dedent(
         """
         import os

@@ -1,10 +1,10 @@
 """numpy's BLAS on one thread for a while, without forking.
 
 The exact search (:mod:`workers.geometry.gram_search`) multiplies its tiles on its own
-threads, each product on one BLAS thread. threadpoolctl would do that, but it finds libc
-with ``ctypes.util.find_library``, which runs ``ldconfig`` in a child process, and a
-worker whose numba OpenMP pool has run is killed by numba's fork handler when it forks.
-So the OpenBLAS that numpy loaded is found in ``/proc/self/maps`` and set directly.
+threads, each product on one BLAS thread. threadpoolctl would do that, but on first use
+it finds libc with ``ctypes.util.find_library``, which runs ``ldconfig`` in a child
+process: a fork that a worker holding OpenMP and BLAS thread pools has no need of. So
+the OpenBLAS that numpy loaded is found in ``/proc/self/maps`` and set directly.
 Where there is none (another BLAS, another OS) the products keep BLAS's own threads:
 slower with the search's threads on top, never different (a product's value does not
 depend on how BLAS splits it).
