@@ -13,8 +13,6 @@ everything already.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +20,15 @@ import pytest
 import scipy.special
 
 from api_schemas import AnalysisParams
+from tests.unit.fresh_interpreter import run_json
 from workers.geometry import EmbeddingSet, analyze_set, metrics
 from workers.geometry import statistics as study_statistics
 from workers.geometry.intrinsic_dimension import estimate_intrinsic_dimension
 from workers.geometry.metrics import class_scores, point_metrics
 
-_REPO = Path(__file__).resolve().parents[2]
-
 
 def _run(code: str, *args: str) -> dict:
-    completed = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=_REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_json(code, *args, timeout=300)
 
 
 # ----------------------------------------------------------------------------- imports

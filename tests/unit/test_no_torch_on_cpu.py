@@ -7,16 +7,14 @@ tests) and reports which torch modules the run left in ``sys.modules``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+from tests.unit.fresh_interpreter import run_json
 
-_REPO = Path(__file__).resolve().parents[2]
+pytest.importorskip("numba")
 
 _ENGINE = """
 import json, sys
@@ -54,16 +52,7 @@ print(json.dumps({
 
 
 def _run(code: str, *args: str) -> dict:
-    completed = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=_REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_json(code, *args, timeout=600)
 
 
 @pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="a GPU driver: auto may pick it")
