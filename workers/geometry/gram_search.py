@@ -281,8 +281,9 @@ def _sort_best(
     """Rows ``start:stop``'s ``width`` best into ``out_*``: the largest key first, equal
     keys by the smaller index.
 
-    Not a numba parallel loop: its OpenMP layer kills a process that forks after it ran
-    (a model job's sandbox), so the tiles' own threads share this work.
+    Not a numba parallel loop: numba's OpenMP layer kills a process whose parent started
+    that layer's pool (a Celery pool process, should its main process ever start it), so
+    the search's own threads share this work, as they share the tiles.
     """
     for slot in range(start, stop):
         _keep_best(keys, rows, slot, counts[slot], width)
