@@ -253,7 +253,9 @@ def _check_layer_selection(layers: Any) -> Any:
             f"layers is 'all', 'penultimate' or a list of module names, not {layers!r}; "
             "to select one module, give a list of one name"
         )
-    if isinstance(layers, list):
+    # Only a list of strings can repeat a name; anything else in it (null, a number) is
+    # left to the type check, which names the item.
+    if isinstance(layers, list) and all(isinstance(name, str) for name in layers):
         repeated = sorted({name for name in layers if layers.count(name) > 1})
         if repeated:
             raise ValueError(f"layer names must be unique; repeated: {', '.join(repeated)}")

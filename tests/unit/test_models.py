@@ -431,6 +431,28 @@ def test_bad_layer_selection_is_refused_with_one_message():
     assert error["loc"] == ("layers",) and "'penultimate'" in error["msg"]
 
 
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        (["fc1", "fc2", "fc1"], "repeated: fc1"),
+        # Found by the schemathesis run: a list of nulls was a 500, not a 422.
+        ([None, None], "valid string"),
+        (["fc1", 3, "fc1"], "valid string"),
+    ],
+)
+def test_bad_layer_names_are_a_validation_error_not_a_crash(layers, message):
+    with pytest.raises(ValidationError) as refused:
+        StudySpec.model_validate(
+            {
+                "dataset": {"builtin": "digits"},
+                "model": {"family": "mlp", "widths": [8]},
+                "layers": layers,
+            }
+        )
+    messages = [error["msg"] for error in refused.value.errors()]
+    assert any(message in text for text in messages), messages
+
+
 # --------------------------------------------------------------------------- datasets
 
 
