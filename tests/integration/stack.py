@@ -56,6 +56,13 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+# Test clients drop a connection idle for 2 s, well before uvicorn closes it (its
+# keep-alive timeout is 5 s, httpx's own expiry also 5 s): a request sent on a connection
+# the server is closing at that moment fails with "Server disconnected without sending a
+# response", which a full suite met once. (The nnkgeo client retries that error.)
+CLIENT_LIMITS = httpx.Limits(keepalive_expiry=2.0)
+
+
 # Every test worker process (and what it spawns) maps at most this much: a test that
 # goes wrong fails with MemoryError or dies, instead of taking the host down.
 WORKER_ADDRESS_SPACE_BYTES = 8 * 1024**3
@@ -316,4 +323,5 @@ class ServiceStack:
 
     def client(self, tenant: str | None = "alpha", **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"} if tenant else {}
+        kwargs.setdefault("limits", CLIENT_LIMITS)
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60, **kwargs)

@@ -28,7 +28,7 @@ from jobstate.store.keys import (
 )
 from service.datasets import dataset_id_for
 from tests.integration.helpers import assert_problem, npy_bytes, upload
-from tests.integration.stack import TENANT_KEYS, ServiceStack, wait_until
+from tests.integration.stack import CLIENT_LIMITS, TENANT_KEYS, ServiceStack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def listing_api(stack: ServiceStack) -> Iterator[str]:
 
 def _client(base_url: str, tenant: str) -> httpx.Client:
     headers = {"Authorization": f"Bearer {LISTING_TENANTS[tenant]}"}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=60)
+    return httpx.Client(base_url=base_url, headers=headers, timeout=60, limits=CLIENT_LIMITS)
 
 
 @pytest.fixture(scope="module")
